@@ -1,0 +1,232 @@
+"""The supervisor: the one place that wires the parts together and runs them.
+
+Start-up is a stack of async contexts (store, uplinks, web server), then one task per
+bus poller and per sync worker. Shutdown (SIGTERM/SIGINT) runs it backwards: stop
+polling, let each sync worker finish its batch in flight (or abandon it after a grace
+period: an unacknowledged batch is simply sent again next time), commit what is
+pending, close the store, stop serving. systemd hears READY=1 once the status page
+serves, STATUS= lines while running, WATCHDOG=1 only while every critical task checks
+in, and STOPPING=1 at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiohttp import web
+
+from edgeagent.config import SiteConfig, profiles_for
+from edgeagent.devices import BusPoller, ModbusDevice
+from edgeagent.errors import EdgeAgentError
+from edgeagent.health import Heartbeats
+from edgeagent.live import DeviceLive, DeviceState, Live, UplinkLive
+from edgeagent.model import Priority, Reading
+from edgeagent.notify import Notifier, watchdog_interval_s
+from edgeagent.store import Store
+from edgeagent.sync.worker import SyncWorker
+from edgeagent.transports.modbus import ModbusTcpTransport
+from edgeagent.uplinks.http import HttpUplink
+from edgeagent.web.app import make_app, status_builder
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "buffer.sqlite"
+SYNC_STOP_GRACE_S = 2.0
+STATUS_EVERY_S = 10.0
+# How long a critical task may go without checking in before the watchdog stops pinging.
+CRITICAL_ALLOWANCE_S = 30.0
+
+
+class Agent:
+    def __init__(self, site: SiteConfig, *, notifier: Notifier | None = None) -> None:
+        self.site = site
+        self.notifier = notifier or Notifier()
+        self.live = Live(gateway_id=site.gateway.id)
+        self.heartbeats = Heartbeats()
+        self.ready = asyncio.Event()
+        self.web_url: str | None = None
+        self.store: Store | None = None
+
+    def _build_live(self) -> None:
+        profiles = profiles_for(self.site)
+        for dev in self.site.devices:
+            asset = dev.asset.model_dump(exclude_none=True)
+            asset.setdefault("model", f"{profiles[dev.profile].manufacturer} {profiles[dev.profile].model}")
+            self.live.devices[dev.id] = DeviceLive(id=dev.id, profile=dev.profile, bus=dev.bus, asset=asset)
+        for up in self.site.uplinks:
+            self.live.uplinks[up.name] = UplinkLive(name=up.name, kind=up.kind, target=str(up.url))
+
+    def _raise_alarm(self, store: Store, kind: str, message: str) -> None:
+        log.error("alarm %s: %s", kind, message)
+        self.live.alarms.append({"kind": kind, "message": message, "ts": time.time()})
+        store.append(Reading("gateway", kind, time.time(), 1.0, "", priority=Priority.ALARM))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; raise if a critical task dies."""
+        site = self.site
+        self._build_live()
+        async with AsyncExitStack() as stack:
+            store = Store(
+                site.gateway.state_dir / STORE_FILE,
+                destinations=[u.name for u in site.uplinks],
+                commit_interval_ms=site.store.commit_interval_ms,
+                commit_max_readings=site.store.commit_max_readings,
+                max_pending_readings=site.store.max_pending_readings,
+                beat=self.heartbeats.register("store", CRITICAL_ALLOWANCE_S),
+            )
+            await store.open()
+            stack.push_async_callback(store.close)
+            self.store = store
+            if store.moved_aside:
+                self._raise_alarm(store, "store_corrupt", f"unreadable store moved aside to {store.moved_aside}")
+
+            uplinks = [HttpUplink(cfg, site.gateway.id) for cfg in site.uplinks]
+            for up in uplinks:
+                await up.start()
+                stack.push_async_callback(up.close)
+
+            runner = await self._start_web(store)
+            if runner is not None:
+                stack.push_async_callback(runner.cleanup)
+
+            pollers = self._make_pollers(store)
+            workers = [
+                SyncWorker(
+                    store,
+                    up,
+                    self.live.uplinks[up.name],
+                    batch_max_readings=cfg.batch_max_readings,
+                    retry_min_s=cfg.retry_min_ms / 1000,
+                    retry_max_s=cfg.retry_max_ms / 1000,
+                    rejected_retry_s=cfg.rejected_retry_s,
+                    beat=self.heartbeats.register(f"sync:{up.name}", CRITICAL_ALLOWANCE_S),
+                )
+                for up, cfg in zip(uplinks, site.uplinks, strict=True)
+            ]
+            poll_tasks = [asyncio.create_task(p.run(), name=f"poll:{p.name}") for p in pollers]
+            sync_tasks = [asyncio.create_task(w.run(), name=f"sync:{w.uplink.name}") for w in workers]
+            aux = [asyncio.create_task(self._status_loop(store), name="status")]
+            interval = watchdog_interval_s()
+            if interval:
+                aux.append(asyncio.create_task(self._watchdog_loop(interval), name="watchdog"))
+
+            self.ready.set()
+            self.notifier.ready(await self._summary(store))
+            log.info(
+                "edgeagent %s running: %d devices on %d buses, %d uplinks%s",
+                site.gateway.id,
+                len(site.devices),
+                len(pollers),
+                len(uplinks),
+                f", status page {self.web_url}" if self.web_url else "",
+            )
+            stopper = asyncio.create_task(stop.wait(), name="stop")
+            critical = set(poll_tasks) | set(sync_tasks)
+            try:
+                done, _ = await asyncio.wait({stopper, *critical}, return_when=asyncio.FIRST_COMPLETED)
+                failed = [t for t in done if t is not stopper]
+                self.notifier.stopping()
+                log.info("stopping")
+                await _cancel_all(poll_tasks)
+                for w in workers:
+                    w.stop()
+                _, late = await asyncio.wait(sync_tasks, timeout=SYNC_STOP_GRACE_S) if sync_tasks else ((), ())
+                if late:
+                    log.info(
+                        "abandoning %d upload(s) in flight; they are sent again next start",
+                        len(late),
+                    )
+                await _cancel_all([*late, *aux, stopper])
+                for t in failed:
+                    if not t.cancelled() and t.exception() is not None:
+                        raise EdgeAgentError(f"critical task {t.get_name()} died") from t.exception()
+            finally:
+                await _cancel_all([*poll_tasks, *sync_tasks, *aux, stopper])
+
+    async def _start_web(self, store: Store) -> web.AppRunner | None:
+        cfg = self.site.web
+        if not cfg.enabled:
+            return None
+        app = make_app(status_builder(self.live, store))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise EdgeAgentError(f"cannot serve the status page on {cfg.host}:{cfg.port}: {exc.strerror}") from exc
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.web_url = f"http://{shown}:{port}/"
+        return runner
+
+    def _make_pollers(self, store: Store) -> list[BusPoller]:
+        profiles = profiles_for(self.site)
+        live = self.live
+
+        def on_readings(readings: list[Reading]) -> None:
+            for r in readings:
+                store.append(r)
+
+        pollers = []
+        for bus in self.site.buses:
+            devices = [ModbusDevice(d, profiles[d.profile]) for d in self.site.devices if d.bus == bus.name]
+            if not devices:
+                continue
+            transport = ModbusTcpTransport(
+                bus.host,
+                bus.port,
+                timeout_s=bus.timeout_ms / 1000,
+                reconnect_min_s=bus.reconnect_min_ms / 1000,
+                reconnect_max_s=bus.reconnect_max_ms / 1000,
+            )
+            beat = self.heartbeats.register(f"bus:{bus.name}", CRITICAL_ALLOWANCE_S)
+            pollers.append(BusPoller(bus.name, transport, devices, live.devices, on_readings, beat=beat))
+        return pollers
+
+    async def _summary(self, store: Store) -> str:
+        devices = self.live.devices.values()
+        online = sum(1 for d in devices if d.state == DeviceState.ONLINE)
+        stats = await store.stats()
+        backlog = max(stats.unsent.values(), default=0)
+        links = ", ".join(f"{u.name} {u.last_result.split(':')[0]}" for u in self.live.uplinks.values())
+        return f"{online}/{len(devices)} devices online; backlog {backlog}; {links or 'no uplinks'}"
+
+    async def _status_loop(self, store: Store) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            self.notifier.status(await self._summary(store))
+
+    async def _watchdog_loop(self, interval_s: float) -> None:
+        reported: list[str] = []
+        while True:
+            stale = self.heartbeats.stale()
+            if not stale:
+                self.notifier.watchdog()
+            elif stale != reported:
+                log.error("not pinging the watchdog: %s stopped checking in", ", ".join(stale))
+            reported = stale
+            await asyncio.sleep(interval_s)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel and await tasks; a task that had failed on its own is logged, not hidden."""
+    pending = [t for t in tasks if not t.done()]
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None and t not in pending:
+            log.error("task %s failed: %r", t.get_name(), t.exception())
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

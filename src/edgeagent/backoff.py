@@ -1,0 +1,32 @@
+"""Capped exponential backoff with full jitter.
+
+Full jitter (a uniform draw between zero and the capped exponential) spreads the
+retries of thousands of gateways after a broker or ingest restart, where a fixed
+schedule would bring them all back in the same second.
+"""
+
+from __future__ import annotations
+
+import random
+
+
+class Backoff:
+    """Delays for successive failures: ``uniform(min, min(max, min * 2**n))``."""
+
+    def __init__(self, minimum_s: float, maximum_s: float, *, rng: random.Random | None = None) -> None:
+        if minimum_s <= 0 or maximum_s < minimum_s:
+            raise ValueError("need 0 < minimum_s <= maximum_s")
+        self.minimum_s = minimum_s
+        self.maximum_s = maximum_s
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call counts one more failure."""
+        ceiling = min(self.maximum_s, self.minimum_s * 2 ** min(self.failures, 32))
+        self.failures += 1
+        return self._rng.uniform(self.minimum_s, ceiling)
+
+    def reset(self) -> None:
+        """Success: the next failure starts again from the minimum."""
+        self.failures = 0

@@ -1,0 +1,1 @@
+"""Upstream sync: one worker per destination, reading from its cursor in the store."""

@@ -1,0 +1,116 @@
+"""One sync worker per destination: read from its cursor, send, advance on acknowledgement.
+
+The worker sleeps on the store's commit event, not on a timer, so new data goes out
+as soon as it is committed. One batch is in flight at a time, so memory stays flat
+however large the backlog. A transient failure backs off (capped, full jitter,
+Retry-After honoured); a refusal is reported once and retried slowly; nothing is ever
+dropped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from edgeagent.backoff import Backoff
+from edgeagent.errors import UplinkRejected, UplinkRetryLater
+from edgeagent.live import UplinkLive
+from edgeagent.store import Store
+from edgeagent.uplinks import Uplink
+
+log = logging.getLogger(__name__)
+
+BEAT_EVERY_S = 1.0
+
+
+class SyncWorker:
+    def __init__(
+        self,
+        store: Store,
+        uplink: Uplink,
+        live: UplinkLive,
+        *,
+        batch_max_readings: int,
+        retry_min_s: float,
+        retry_max_s: float,
+        rejected_retry_s: float,
+        beat: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.uplink = uplink
+        self.live = live
+        self.batch_max_readings = batch_max_readings
+        self.rejected_retry_s = rejected_retry_s
+        self._backoff = Backoff(retry_min_s, retry_max_s)
+        self._beat = beat or (lambda: None)
+        self._wake = store.subscribe()
+        self._stopping = asyncio.Event()
+        self._last_problem: str | None = None
+
+    def stop(self) -> None:
+        """Finish the batch in flight, then return from ``run``."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def _pause(self, delay_s: float) -> None:
+        """Sleep, checking in with the watchdog, and wake early when stopping."""
+        deadline = time.monotonic() + delay_s
+        while not self._stopping.is_set():
+            self._beat()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=min(left, BEAT_EVERY_S))
+
+    async def _wait_for_data(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=BEAT_EVERY_S)
+
+    async def run(self) -> None:
+        name = self.uplink.name
+        while not self._stopping.is_set():
+            self._beat()
+            self._wake.clear()
+            batch = await self.store.next_batch(name, self.batch_max_readings)
+            if batch is None:
+                await self._wait_for_data()
+                continue
+            self.live.last_attempt_ts = time.time()
+            try:
+                await self.uplink.send(batch)
+            except UplinkRetryLater as exc:
+                delay = exc.retry_after_s if exc.retry_after_s is not None else self._backoff.next_delay()
+                self._problem(f"{exc}; retrying in {delay:.1f} s", logging.WARNING)
+                await self._pause(delay)
+                continue
+            except UplinkRejected as exc:
+                self._problem(
+                    f"receiver refused batch {batch.first_seq}-{batch.last_seq}: {exc}; "
+                    f"kept, retrying every {self.rejected_retry_s:g} s",
+                    logging.ERROR,
+                )
+                await self._pause(self.rejected_retry_s)
+                continue
+            await self.store.ack(batch)
+            self._backoff.reset()
+            if self._last_problem is not None:
+                log.info("uplink %s delivers again", name)
+                self._last_problem = None
+            live = self.live
+            live.last_result = f"ok: {len(batch.readings)} readings ({batch.first_seq}-{batch.last_seq})"
+            live.last_success_ts = time.time()
+            live.batches_sent += 1
+            live.readings_sent += len(batch.readings)
+
+    def _problem(self, text: str, level: int) -> None:
+        """Record a failure; log it only when it differs from the last one (no storms)."""
+        self.live.failures += 1
+        self.live.last_result = text
+        key = text.split(";")[0]
+        if key != self._last_problem:
+            log.log(level, "uplink %s: %s", self.uplink.name, text)
+            self._last_problem = key

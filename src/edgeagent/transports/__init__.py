@@ -1,0 +1,1 @@
+"""Transports move bytes and own a bus; they translate library errors into ours."""

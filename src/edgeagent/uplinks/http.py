@@ -1,0 +1,97 @@
+"""HTTP(S) uplink: POSTs gzip'd SenML batches to an ingest endpoint with aiohttp.
+
+Only a 2xx acknowledges a batch. 5xx, 408, 429 (with its Retry-After), timeouts,
+refused and reset connections are transient. Any other 4xx means the receiver refuses
+the batch as it is: it is reported once with the receiver's body and retried slowly,
+never dropped, because a fix on the receiving side must still find the data here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import aiohttp
+
+from edgeagent.config import HttpUplinkConfig
+from edgeagent.errors import UplinkRejected, UplinkRetryLater
+from edgeagent.store import Batch
+from edgeagent.sync.senml import CONTENT_TYPE, encode_gzip
+
+MAX_RETRY_AFTER_S = 3600.0
+MAX_ERROR_BODY_CHARS = 500
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delta, 0.0), MAX_RETRY_AFTER_S)
+
+
+def idempotency_key(gateway_id: str, batch: Batch) -> str:
+    """(gateway, first seq, last seq): the same batch sent twice has the same key."""
+    return f"{gateway_id}:{batch.first_seq}-{batch.last_seq}"
+
+
+class HttpUplink:
+    def __init__(self, cfg: HttpUplinkConfig, gateway_id: str) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.target = str(cfg.url)
+        self.gateway_id = gateway_id
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: str | None = None
+
+    async def start(self) -> None:
+        if self.cfg.token_file is not None:
+            token = self.cfg.token_file.read_text().strip()
+            if not token:
+                raise UplinkRejected(0, f"token file {self.cfg.token_file} is empty")
+            self._auth = f"Bearer {token}"
+        timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s, sock_connect=min(self.cfg.timeout_s, 10))
+        self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, batch: Batch) -> None:
+        if self._session is None:
+            raise UplinkRetryLater("uplink not started")
+        body = encode_gzip(self.gateway_id, batch.readings)
+        headers = {
+            "Content-Type": CONTENT_TYPE,
+            "Content-Encoding": "gzip",
+            "Idempotency-Key": idempotency_key(self.gateway_id, batch),
+            "X-Edgeagent-Gateway": self.gateway_id,
+            "X-Edgeagent-First-Seq": str(batch.first_seq),
+            "X-Edgeagent-Last-Seq": str(batch.last_seq),
+            "X-Edgeagent-Count": str(len(batch.readings)),
+            "X-Edgeagent-Priority": batch.priority.name.lower(),
+        }
+        if self._auth:
+            headers["Authorization"] = self._auth
+        try:
+            async with self._session.post(self.target, data=body, headers=headers) as resp:
+                status = resp.status
+                if 200 <= status < 300:
+                    return
+                text = (await resp.text(errors="replace"))[:MAX_ERROR_BODY_CHARS]
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            raise UplinkRetryLater(f"no answer within {self.cfg.timeout_s:g} s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UplinkRetryLater(f"{type(exc).__name__}: {exc}") from exc
+        if status in (408, 429) or status >= 500:
+            raise UplinkRetryLater(f"HTTP {status}", retry_after)
+        raise UplinkRejected(status, text)

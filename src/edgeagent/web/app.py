@@ -1,0 +1,147 @@
+"""aiohttp app for the status page: it reads the live picture and store stats, nothing more."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+
+from edgeagent import __version__
+from edgeagent.live import Live
+from edgeagent.store import Store
+
+StatusFn = Callable[[], Awaitable[dict[str, Any]]]
+STATUS_KEY = web.AppKey("status", StatusFn)  # type: ignore[type-abstract]
+
+_STATIC = resources.files("edgeagent.web") / "static"
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def redact_url(url: str) -> str:
+    """A URL without user info, so credentials never reach the page."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _age(now: float, ts: float | None) -> float | None:
+    return None if ts is None else round(max(0.0, now - ts), 1)
+
+
+def status_builder(live: Live, store: Store) -> StatusFn:
+    """The function behind ``/api/status`` (and the page, which renders the same JSON)."""
+
+    async def build() -> dict[str, Any]:
+        now = time.time()
+        stats = await store.stats()
+        oldest_all = [t for t in stats.oldest_unsent_ts.values() if t is not None]
+        devices = []
+        for d in live.devices.values():
+            devices.append(
+                {
+                    "id": d.id,
+                    "profile": d.profile,
+                    "bus": d.bus,
+                    "state": d.state.value,
+                    "reason": d.reason,
+                    "state_since": d.state_since,
+                    "last_ok_age_s": _age(now, d.last_ok_ts),
+                    "polls_ok": d.polls_ok,
+                    "polls_failed": d.polls_failed,
+                    "asset": d.asset,
+                    "points": [
+                        {
+                            "name": name,
+                            "value": pv.value,
+                            "unit": pv.unit,
+                            "ts": pv.ts,
+                            "age_s": _age(now, pv.ts),
+                            "quality": pv.quality.name.lower(),
+                        }
+                        for name, pv in d.points.items()
+                    ],
+                }
+            )
+        uplinks = []
+        for u in live.uplinks.values():
+            uplinks.append(
+                {
+                    "name": u.name,
+                    "kind": u.kind,
+                    "target": redact_url(u.target),
+                    "last_result": u.last_result,
+                    "last_attempt_age_s": _age(now, u.last_attempt_ts),
+                    "last_success_age_s": _age(now, u.last_success_ts),
+                    "batches_sent": u.batches_sent,
+                    "readings_sent": u.readings_sent,
+                    "failures": u.failures,
+                    "unsent": stats.unsent.get(u.name, 0),
+                    "oldest_unsent_age_s": _age(now, stats.oldest_unsent_ts.get(u.name)),
+                }
+            )
+        return {
+            "gateway": {
+                "id": live.gateway_id,
+                "version": __version__,
+                "uptime_s": round(live.uptime_s, 1),
+            },
+            "devices": devices,
+            "store": {
+                "file_bytes": stats.file_bytes,
+                "last_seq": stats.last_seq,
+                "pending_commit": stats.pending_commit,
+                "committed_total": stats.committed_total,
+                "backlog": max(stats.unsent.values(), default=0),
+                "oldest_unsent_age_s": _age(now, min(oldest_all)) if oldest_all else None,
+                "dropped": stats.dropped,
+                "last_error": stats.last_error,
+            },
+            "uplinks": uplinks,
+            "alarms": list(live.alarms),
+        }
+
+    return build
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    for key, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(key, value)
+    return response
+
+
+async def _index(request: web.Request) -> web.Response:
+    return web.Response(text=(_STATIC / "index.html").read_text(), content_type="text/html")
+
+
+async def _asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    types = {"status.js": "application/javascript", "status.css": "text/css"}
+    if name not in types:
+        raise web.HTTPNotFound()
+    return web.Response(text=(_STATIC / name).read_text(), content_type=types[name])
+
+
+async def _api_status(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STATUS_KEY]())
+
+
+def make_app(status: StatusFn) -> web.Application:
+    app = web.Application(middlewares=[_headers])
+    app[STATUS_KEY] = status
+    app.router.add_get("/", _index)
+    app.router.add_get("/static/{name}", _asset)
+    app.router.add_get("/api/status", _api_status)
+    return app
