@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -40,6 +41,8 @@ SYNC_STOP_GRACE_S = 2.0
 STATUS_EVERY_S = 10.0
 # How long a critical task may go without checking in before the watchdog stops pinging.
 CRITICAL_ALLOWANCE_S = 30.0
+# When set to "1", SIGUSR2 makes the store's commit loop hang (a watchdog test hook).
+DEBUG_HANG_ENV = "EDGEAGENT_DEBUG_HANG_SIGNAL"
 
 
 class Agent:
@@ -115,6 +118,9 @@ class Agent:
             if interval:
                 aux.append(asyncio.create_task(self._watchdog_loop(interval), name="watchdog"))
 
+            if os.environ.get(DEBUG_HANG_ENV) == "1":
+                # Test hook for the systemd watchdog: SIGUSR2 really hangs a critical task.
+                asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, store.debug_hang)
             self.ready.set()
             self.notifier.ready(await self._summary(store))
             log.info(
@@ -230,3 +236,4 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+

@@ -129,6 +129,12 @@ def _cmd_read(args: argparse.Namespace) -> int:
     return asyncio.run(once())
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from edgeagent.doctor import run_doctor
+
+    return run_doctor(Path(args.config))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeagent", description="Field-bus gateway agent for roadside sensors.")
     parser.add_argument("--version", action="version", version=f"edgeagent {__version__}")
@@ -152,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profiles", help="list the shipped device profiles")
     p.set_defaults(func=_cmd_profiles)
+
+    p = sub.add_parser("doctor", help="check what commonly goes wrong at install time, with fixes")
+    p.add_argument("--config", default="/etc/edgeagent/edgeagent.toml")
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("read", help="poll one device once and print its values")
     p.add_argument("--config", required=True)

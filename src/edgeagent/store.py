@@ -402,6 +402,11 @@ class Store:
         self._commit_lock = asyncio.Lock()
         self._counters = _Counters()
         self._beat = beat
+        self._hang = False
+
+    def debug_hang(self) -> None:
+        """Make the commit loop hang for real (a test of the watchdog); see the agent."""
+        self._hang = True
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self._executor is None:
@@ -474,6 +479,9 @@ class Store:
 
     async def _commit_loop(self) -> None:
         while True:
+            if self._hang:
+                log.warning("store commit loop hanging on request (debug signal)")
+                await asyncio.Event().wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.commit_interval_s)
             self._wake.clear()
