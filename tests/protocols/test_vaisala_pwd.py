@@ -24,12 +24,7 @@ VECTORS = json.loads((Path(__file__).parent / "vectors" / "vaisala_pwd.json").re
 
 MESSAGE2 = b"\x01PW  1\x0200 1839 1505 R- 61 61 61 0.33 12.16 0\x03\r\n"
 # The manual's message 7 example, with its frame: three CR LF terminated lines.
-MESSAGE7 = (
-    b"\x01PW  1\x0200  6839  7505  R  61 61 61   0.33  12.16    0  23.4 12345\r\n"
-    b"-RA\r\n"
-    b"RERA\r\n"
-    b"\x03\r\n"
-)
+MESSAGE7 = b"\x01PW  1\x0200  6839  7505  R  61 61 61   0.33  12.16    0  23.4 12345\r\n-RA\r\nRERA\r\n\x03\r\n"
 
 
 def test_poll_command_is_cr_enq_pw_id_message_cr() -> None:
@@ -111,9 +106,7 @@ def test_status_digits_and_single_missing_field() -> None:
 
 def test_frame_without_trailer_and_two_character_id() -> None:
     assert decode_message2(MESSAGE2[:-2]) == decode_message2(MESSAGE2)
-    assert decode_message2(
-        encode_frame("A1", "00 1839 1505 R- 61 61 61 0.33 12.16 0")
-    ).sensor_id == ("A1")
+    assert decode_message2(encode_frame("A1", "00 1839 1505 R- 61 61 61 0.33 12.16 0")).sensor_id == ("A1")
 
 
 def test_encode_frame_matches_the_sensor() -> None:
@@ -166,9 +159,7 @@ def test_message7_manual_example() -> None:
 
 
 def test_message7_without_luminance_meter_and_without_metar_codes() -> None:
-    frame = (
-        b"\x01FD  1\x0200  6839  7505  C  0 0 0   0.00  12.16    0  -3.5 /////\r\n\r\n\r\n\x03\r\n"
-    )
+    frame = b"\x01FD  1\x0200  6839  7505  C  0 0 0   0.00  12.16    0  -3.5 /////\r\n\r\n\r\n\x03\r\n"
     message = decode_message7(frame)
     assert message.temperature_c == -3.5
     assert message.luminance_cd_m2 is None

@@ -151,9 +151,7 @@ def decode_packet(packet: bytes) -> RadarFrame:
     )
 
 
-def _points(
-    points_raw: bytes | None, side_raw: bytes | None, detected: int
-) -> tuple[RadarPoint, ...]:
+def _points(points_raw: bytes | None, side_raw: bytes | None, detected: int) -> tuple[RadarPoint, ...]:
     if side_raw is not None and len(side_raw) != detected * _SIDE_INFO.size:
         raise DecodeError(f"side info holds {len(side_raw)} bytes for {detected} points")
     if points_raw is None:
@@ -169,9 +167,7 @@ def _points(
     for (x, y, z, v), (snr_db, noise_db) in zip(_POINT.iter_unpack(points_raw), sides, strict=True):
         if not all(math.isfinite(c) for c in (x, y, z, v)):
             raise DecodeError("a detected point has a non-finite coordinate or velocity")
-        points.append(
-            RadarPoint(x_m=x, y_m=y, z_m=z, velocity_m_s=v, snr_db=snr_db, noise_db=noise_db)
-        )
+        points.append(RadarPoint(x_m=x, y_m=y, z_m=z, velocity_m_s=v, snr_db=snr_db, noise_db=noise_db))
     return tuple(points)
 
 
@@ -192,9 +188,7 @@ def encode_frame(
     appended as given. Values are rounded to float32 and 0.1 dB on the way.
     """
     given = [p.snr_db is not None or p.noise_db is not None for p in points]
-    complete = [
-        (p.snr_db, p.noise_db) for p in points if p.snr_db is not None and p.noise_db is not None
-    ]
+    complete = [(p.snr_db, p.noise_db) for p in points if p.snr_db is not None and p.noise_db is not None]
     if any(given) and len(complete) != len(points):
         raise ValueError("give SNR and noise for every point or for none")
     tlvs: list[tuple[int, bytes]] = []
@@ -202,9 +196,7 @@ def encode_frame(
         body = b"".join(_POINT.pack(p.x_m, p.y_m, p.z_m, p.velocity_m_s) for p in points)
         tlvs.append((TLV_DETECTED_POINTS, body))
     if complete:
-        side = b"".join(
-            _SIDE_INFO.pack(round(snr * 10), round(noise * 10)) for snr, noise in complete
-        )
+        side = b"".join(_SIDE_INFO.pack(round(snr * 10), round(noise * 10)) for snr, noise in complete)
         tlvs.append((TLV_SIDE_INFO, side))
     tlvs.extend(extra_tlvs)
     body = b"".join(_TLV_HEADER.pack(t, len(payload)) + payload for t, payload in tlvs)

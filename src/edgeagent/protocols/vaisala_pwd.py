@@ -261,9 +261,7 @@ def _common_fields(tokens: list[str]) -> dict[str, Any]:
         "wmo_present_weather": _integer(tokens[4], "wmo_present_weather", _WMO_CODE),
         "wmo_15min": _integer(tokens[5], "wmo_15min", _WMO_CODE),
         "wmo_1h": _integer(tokens[6], "wmo_1h", _WMO_CODE),
-        "precipitation_intensity_mm_h": _number(
-            tokens[7], "precipitation_intensity_mm_h", _DECIMAL
-        ),
+        "precipitation_intensity_mm_h": _number(tokens[7], "precipitation_intensity_mm_h", _DECIMAL),
         "water_sum_mm": _number(tokens[8], "water_sum_mm", _DECIMAL),
         "snow_sum_mm": _number(tokens[9], "snow_sum_mm", _DECIMAL),
     }
