@@ -195,6 +195,33 @@ def test_truncated_frame_followed_by_good_frame_yields_the_good_frame() -> None:
         assert decoder.buffered_bytes == 0
 
 
+def test_header_cut_short_by_the_next_frame_does_not_swallow_it() -> None:
+    # Magic and 28 header bytes claiming a 41-byte packet, then a real frame: the
+    # claimed packet would end 5 bytes into the real frame's magic word.
+    cut = MAGIC + struct.pack("<7I", 0, 41, 0, 0, 0, 0, 0)
+    decoder = RadarStreamDecoder()
+    frames = _feed_all(decoder, [bytes([b]) for b in cut + FRAME_42])
+    assert frames == [decode_packet(FRAME_42)]
+    assert decoder.framing_errors == 1
+
+
+def test_a_frame_ending_like_a_magic_word_waits_for_one_more_byte() -> None:
+    # 64 bytes, no padding, and its last byte is 0x02, the first byte of a magic word.
+    frame = encode_frame(3, extra_tlvs=[(9, bytes(15) + b"\x02")])
+    assert len(frame) == 64
+    assert frame.endswith(b"\x02")
+    decoder = RadarStreamDecoder()
+    assert decoder.feed(frame) == []
+    assert decoder.feed(b"\x00") == [decode_packet(frame)]
+    decoder = RadarStreamDecoder()
+    assert decoder.feed(frame) == []
+    assert decoder.flush() == [decode_packet(frame)]  # the line went quiet
+    assert decoder.flush() == []
+    decoder = RadarStreamDecoder()
+    assert decoder.feed(frame + FRAME_42) == [decode_packet(frame), decode_packet(FRAME_42)]
+    assert decoder.framing_errors == 0
+
+
 def test_corrupt_length_slides_to_the_next_magic_word() -> None:
     inflated = _with_header_field(FRAME_42, 1, 60_000)
     deflated = _with_header_field(FRAME_42, 1, 8)

@@ -232,6 +232,11 @@ class RadarStreamDecoder:
     word. ``framing_errors`` counts losses of sync (one per stretch of bad bytes
     between good packets, however it was chunked); ``skipped_bytes`` counts the bytes
     thrown away. Between calls the buffer holds at most ``max_packet_bytes``.
+
+    A packet whose last bytes could be the start of the next magic word is held back
+    until the next bytes show whether it was cut short (otherwise it would swallow the
+    next packet's start). That is rare (only unpadded packets ending in 0x02...); the
+    next packet releases it, and a caller whose read timed out calls :meth:`flush`.
     """
 
     def __init__(self, *, max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> None:
@@ -258,11 +263,18 @@ class RadarStreamDecoder:
         """Add received bytes; return the frames they completed, oldest first."""
         self._buffer += data
         frames: list[RadarFrame] = []
-        while (frame := self._next_frame()) is not None:
+        while (frame := self._next_frame(idle=False)) is not None:
             frames.append(frame)
         return frames
 
-    def _next_frame(self) -> RadarFrame | None:
+    def flush(self) -> list[RadarFrame]:
+        """Release a complete packet held back for its tail; call when the line went quiet."""
+        frames: list[RadarFrame] = []
+        while (frame := self._next_frame(idle=True)) is not None:
+            frames.append(frame)
+        return frames
+
+    def _next_frame(self, *, idle: bool) -> RadarFrame | None:
         """Decode the packet at the front of the buffer, or None if more bytes are needed."""
         buffer = self._buffer
         while True:
@@ -290,6 +302,8 @@ class RadarStreamDecoder:
             self._scanned_to = max(len(MAGIC), search_to - (len(MAGIC) - 1))
             if len(buffer) < total_len:
                 return None
+            if not idle and self._magic_may_start_before(total_len):
+                return None
             try:
                 frame = decode_packet(bytes(buffer[:total_len]))
             except DecodeError:
@@ -300,6 +314,19 @@ class RadarStreamDecoder:
             self._in_sync = True
             self.frames += 1
             return frame
+
+    def _magic_may_start_before(self, end: int) -> bool:
+        """Whether the buffer ends in the first bytes of a magic word that starts before ``end``.
+
+        A packet whose tail is the start of the next magic word was cut short; decoding
+        it would swallow the next packet's first bytes. So it waits for up to seven
+        more bytes, which happens only when a packet's last bytes look like that.
+        """
+        buffer = self._buffer
+        for start in range(max(len(MAGIC), len(buffer) - (len(MAGIC) - 1)), min(end, len(buffer))):
+            if MAGIC.startswith(buffer[start:]):
+                return True
+        return False
 
     def _discard(self, count: int) -> None:
         if count <= 0:
