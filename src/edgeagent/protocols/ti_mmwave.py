@@ -1,6 +1,6 @@
 """TI mmWave radar UART output (mmWave SDK 3.x out-of-box demo), TLV frames.
 
-Spec facts used (mmWave SDK 3.x demo documentation, "Output through the UART"):
+Spec facts used (mmWave SDK 3.x out-of-box demo, UART data port output format):
 
 - A packet starts with the magic word ``02 01 04 03 06 05 08 07``, followed by eight
   little-endian uint32: version, totalPacketLen, platform, frameNumber,
@@ -8,8 +8,9 @@ Spec facts used (mmWave SDK 3.x demo documentation, "Output through the UART"):
   magic). totalPacketLen counts the whole packet, header and padding included.
 - numTLVs TLVs follow, each ``type, length`` (uint32 LE) where length counts the
   payload only. Type 1 (detected points): per point float32 x, y, z (m) and v
-  (radial velocity, m/s; negative = approaching). Type 7 (side info): per point
-  int16 snr and int16 noise, in units of 0.1 dB, in the same order as type 1.
+  (radial velocity, m/s; negative while the range shrinks, i.e. approaching).
+  Type 7 (side info): per point int16 snr and int16 noise, in units of 0.1 dB, in
+  the same order as type 1.
 - The packet is padded to a multiple of 32 bytes.
 
 Checks that follow from these facts and reject corrupt packets: the TLV chain must
@@ -19,8 +20,8 @@ finite. Other TLV types (range profile, heat maps, statistics) are skipped.
 
 The stream decoder treats a magic word found inside a packet it is still collecting
 as proof that the packet was cut short, and restarts there. A valid packet whose
-payload happened to contain the magic word would be lost; the SDK's own parsers
-resynchronise on the magic word the same way.
+payload happened to contain the eight magic bytes would be lost; that trade keeps one
+dropped byte from costing the next packet too.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ TLV_SIDE_INFO = 7
 DEFAULT_VERSION = 0x03050004
 """SDK 3.5.0.4: the version word is major, minor, bugfix, build, one byte each."""
 DEFAULT_PLATFORM = 0x000A6843
-"""IWR6843, the usual roadside part."""
+"""IWR6843; the field is informational and not checked."""
 DEFAULT_MAX_PACKET_BYTES = 64 * 1024
 """Room for the demo's largest heat maps; bounds what a corrupt length can hold."""
 
