@@ -195,6 +195,15 @@ def test_decryptor_restores_its_counter_and_refuses_plain_packets() -> None:
         decryptor.decode(bytes.fromhex("4002c40903bf13"))
 
 
+def test_decryptor_refuses_a_packet_carrying_another_devices_mac() -> None:
+    # bthome-ble's example of an encrypted packet that carries its MAC (54:48:E6:8F:80:A5).
+    with_mac = bytes.fromhex("43a5808fe64854f196c06ffb4900112233f08ecbde")
+    assert BTHomeDecryptor(mac=SPEC_MAC, key=SPEC_KEY).decode(with_mac).mac == SPEC_MAC
+    assert decode(with_mac, key=SPEC_KEY).values == {"temperature_c": 25.06, "humidity_pct": 50.55}
+    with pytest.raises(DecodeError, match="expected"):
+        BTHomeDecryptor(mac="54:48:E6:8F:80:A6", key=SPEC_KEY).decode(with_mac)
+
+
 def test_bad_keys_and_macs_are_configuration_errors() -> None:
     with pytest.raises(ValueError):
         BTHomeDecryptor(mac=SPEC_MAC, key=b"short")

@@ -254,6 +254,8 @@ class BTHomeDecryptor:
         packet = _decode(bytes(service_data), mac=self._mac, cipher=self._cipher)
         if packet.counter is None:
             raise DecodeError("plain packet from a device that encrypts: refused")
+        if packet.mac is not None and packet.mac != _mac_text(self._mac):
+            raise DecodeError(f"packet carries MAC {packet.mac}, expected {_mac_text(self._mac)}")
         if self._last_counter is not None and packet.counter <= self._last_counter:
             raise BTHomeReplayError(f"replayed: counter {packet.counter} <= last accepted {self._last_counter}")
         self._last_counter = packet.counter
