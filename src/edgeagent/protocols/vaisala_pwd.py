@@ -43,8 +43,8 @@ ETX = 0x03
 ENQ = 0x05
 
 DEFAULT_MAX_FRAME_BYTES = 1024
-"""Longer than any PWD message (message 7 is about 100 bytes, the status message a few
-hundred), short enough that a stream of garbage never holds much memory."""
+"""Several times the longest message decoded here (message 7 is about 100 bytes), small
+enough that a stream of garbage never holds much memory."""
 
 _SENSOR_ID = re.compile(r"[0-9A-Za-z]{1,2}")
 _HEADER = re.compile(r"(?:PW|FD) +([0-9A-Za-z]{1,2})")
