@@ -11,8 +11,12 @@ Shape, and why:
   transaction, so they are gapless, increasing and never reused, even after every row
   has been deleted or the process was killed mid-commit.
 - One table per priority class, keyed by ``seq`` (the rowid, so no extra index is
-  written). Rows are small: ``(seq, ts_ms, series, value, quality)`` with the device,
-  point and unit interned in ``series``.
+  written). Rows are small, because every byte of a row is written twice (WAL, then
+  checkpoint): ``(seq, ts_ms, series, value, flags)`` with the device, point and unit
+  interned in ``series``, and a value such as 123.4 kept as the integer 1234 with its
+  decimal count in ``flags`` (2-3 bytes instead of an 8-byte REAL), exactly.
+- ``last_seq`` is persisted only when rows are deleted; otherwise the highest stored
+  ``seq`` is the counter, which saves a page write per commit.
 - WAL mode with ``synchronous=NORMAL`` for telemetry (a crash of the process loses
   nothing committed; a power cut keeps the file consistent); a transaction that holds an
   alarm is committed with ``synchronous=FULL``.
@@ -88,15 +92,39 @@ class StoreStats:
     moved_aside: str | None
 
 
+MAX_DECIMALS = 6
+_DECIMAL_SHIFT = 2  # flags = quality | decimals << 2 (quality uses two bits)
+_EXACT_INT_LIMIT = 2**47
+
+
+def encode_value(value: float | None) -> tuple[int | float | None, int]:
+    """(stored value, decimals): the smallest exact decimal integer form, else the float."""
+    if value is None:
+        return None, 0
+    for decimals in range(MAX_DECIMALS + 1):
+        scaled = value * 10**decimals
+        mantissa = round(scaled)
+        if abs(mantissa) >= _EXACT_INT_LIMIT:
+            break
+        if mantissa / 10**decimals == value:
+            return mantissa, decimals
+    return float(value), 0
+
+
+def decode_value(stored: int | float | None, flags: int) -> float | None:
+    if stored is None:
+        return None
+    decimals = flags >> _DECIMAL_SHIFT
+    return stored / 10**decimals if decimals else float(stored)
+
+
 def _migrate_v1(db: sqlite_utils.Database) -> None:
     """Step 1: the per-class reading tables, series, meta and cursors."""
     for table in TABLES.values():
-        db[table].create(  # type: ignore[union-attr]
-            {"seq": int, "ts_ms": int, "series": int, "value": float, "quality": int},
-            pk="seq",
-            not_null={"ts_ms", "series", "quality"},
-            strict=True,
-            if_not_exists=True,
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            "seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, series INTEGER NOT NULL, "
+            "value ANY, flags INTEGER NOT NULL) STRICT"
         )
     db["series"].create(  # type: ignore[union-attr]
         {"id": int, "device": str, "point": str, "unit": str},
@@ -147,6 +175,10 @@ class _Core:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn = conn
         conn.execute("PRAGMA busy_timeout = 5000")
+        # Check before anything writes, so a damaged file is moved aside exactly as found.
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {result}")
         # A new file gets incremental auto-vacuum, so free pages can be given back
         # in small steps instead of by a full VACUUM.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -155,9 +187,6 @@ class _Core:
             raise sqlite3.DatabaseError(f"cannot enable WAL (journal_mode={mode})")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
-        result = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if result != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {result}")
         db = sqlite_utils.Database(conn)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for step, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -181,6 +210,7 @@ class _Core:
         for sid, device, point, unit in conn.execute("SELECT id, device, point, unit FROM series"):
             self.series[(device, point, unit)] = sid
             self.series_by_id[sid] = (device, point, unit)
+        # meta holds the counter as of the last deletion; the tables hold anything newer.
         last = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
         for table in TABLES.values():
             top = conn.execute(f"SELECT max(seq) FROM {table}").fetchone()[0]
@@ -209,7 +239,7 @@ class _Core:
         """Commit readings in one transaction; return the last sequence number given."""
         conn = self._conn()
         new_series: dict[tuple[str, str, str], int] = {}
-        rows: dict[Priority, list[tuple[int, int, int, float | None, int]]] = {p: [] for p in TABLES}
+        rows: dict[Priority, list[tuple[int, int, int, int | float | None, int]]] = {p: [] for p in TABLES}
         seq = self.last_seq
         next_sid = max(self.series_by_id, default=0) + 1
         series = self.series
@@ -220,7 +250,8 @@ class _Core:
                 sid = new_series[key] = next_sid
                 next_sid += 1
             seq += 1
-            rows[r.priority].append((seq, round(r.ts * 1000), sid, r.value, int(r.quality)))
+            stored, decimals = encode_value(r.value)
+            rows[r.priority].append((seq, round(r.ts * 1000), sid, stored, r.quality | decimals << _DECIMAL_SHIFT))
         has_alarm = bool(rows[Priority.ALARM])
         try:
             if has_alarm:
@@ -235,10 +266,9 @@ class _Core:
                 for prio, batch in rows.items():
                     if batch:
                         conn.executemany(
-                            f"INSERT INTO {TABLES[prio]}(seq, ts_ms, series, value, quality) VALUES (?, ?, ?, ?, ?)",
+                            f"INSERT INTO {TABLES[prio]}(seq, ts_ms, series, value, flags) VALUES (?, ?, ?, ?, ?)",
                             batch,
                         )
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (seq,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -264,16 +294,19 @@ class _Core:
         for prio, table in TABLES.items():
             cursor = self.cursors[(destination, prio)]
             rows = conn.execute(
-                f"SELECT seq, ts_ms, series, value, quality FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT seq, ts_ms, series, value, flags FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
                 (cursor, limit),
             ).fetchall()
             if rows:
-                out = []
-                for seq, ts_ms, sid, value, quality in rows:
-                    device, point, unit = self.series_by_id[sid]
-                    out.append(StoredReading(seq, device, point, ts_ms / 1000, value, unit, Quality(quality), prio))
-                return Batch(destination, prio, out)
+                return Batch(destination, prio, [self._stored(prio, *row) for row in rows])
         return None
+
+    def _stored(
+        self, prio: Priority, seq: int, ts_ms: int, sid: int, stored: int | float | None, flags: int
+    ) -> StoredReading:
+        device, point, unit = self.series_by_id[sid]
+        quality = Quality(flags & ((1 << _DECIMAL_SHIFT) - 1))
+        return StoredReading(seq, device, point, ts_ms / 1000, decode_value(stored, flags), unit, quality, prio)
 
     def ack(self, destination: str, priority: Priority, last_seq: int, count: int) -> None:
         """Advance a destination's cursor past an acknowledged batch."""
@@ -298,6 +331,9 @@ class _Core:
             return 0
         conn = self._conn()
         deleted = 0
+        # Persist the counter first, so deleting the newest rows can never let a
+        # sequence number be handed out again.
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq' AND value < ?", (self.last_seq, self.last_seq))
         for prio, table in TABLES.items():
             floor = min(self.cursors[(d, prio)] for d in self.destinations)
             while True:
@@ -336,11 +372,8 @@ class _Core:
         conn = self._conn()
         out = []
         for prio, table in TABLES.items():
-            for seq, ts_ms, sid, value, quality in conn.execute(
-                f"SELECT seq, ts_ms, series, value, quality FROM {table}"
-            ):
-                device, point, unit = self.series_by_id[sid]
-                out.append(StoredReading(seq, device, point, ts_ms / 1000, value, unit, Quality(quality), prio))
+            for row in conn.execute(f"SELECT seq, ts_ms, series, value, flags FROM {table}"):
+                out.append(self._stored(prio, *row))
         out.sort(key=lambda r: r.seq)
         return out
 

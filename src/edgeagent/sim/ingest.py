@@ -52,6 +52,8 @@ class IngestServer:
         self.stats = IngestStats()
         self.faults: deque[Fault] = deque()
         self.received = asyncio.Event()
+        self.first_request_time: float | None = None
+        self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     @property
@@ -64,10 +66,12 @@ class IngestServer:
 
     async def _ingest(self, request: web.Request) -> web.StreamResponse:
         self.stats.requests += 1
+        if self.first_request_time is None:
+            self.first_request_time = time.monotonic()
         if self.faults:
             fault = self.faults.popleft()
             if fault.kind == "hang":
-                await asyncio.sleep(3600)
+                await self._closing.wait()  # never answered; released at shutdown
             if fault.kind == "reset":
                 if request.transport is not None:
                     request.transport.abort()
@@ -114,6 +118,7 @@ class IngestServer:
         )
 
     async def start(self) -> int:
+        self._closing.clear()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/ingest", self._ingest)
         app.router.add_get("/stats", self._stats)
@@ -125,6 +130,7 @@ class IngestServer:
         return self.port
 
     async def stop(self) -> None:
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -82,7 +82,11 @@ class WaterLevelSimulator:
         self.requests = 0
         self.served: list[tuple[int, float]] = []  # (raw value, level_mm) per answered request
         self.fixed_level_mm: float | None = None
+        # When set, every answer carries the next number of a counter instead of the
+        # rain curve, so a test can tell each served value apart.
+        self.counter_mode = False
         self._server: ModbusTcpServer | None = None
+        self._closing = asyncio.Event()
 
     async def _action(
         self,
@@ -95,12 +99,17 @@ class WaterLevelSimulator:
     ) -> ExcCodes | None:
         self.requests += 1
         if self.silent:
-            await asyncio.sleep(3600)  # a dead sensor: the request is never answered
+            # A dead sensor: the request is never answered (released only at shutdown).
+            await self._closing.wait()
+            return ExcCodes.DEVICE_FAILURE
         if any(a in self.forbidden for a in range(address, address + count)):
             self.forbidden_reads.append((address, count))
             return ExcCodes.ILLEGAL_ADDRESS
-        level = self.fixed_level_mm if self.fixed_level_mm is not None else self.rain.level_mm()
-        raw = round(level * 10**self.decimals)
+        if self.counter_mode:
+            raw = len(self.served) % 30_000 + 1
+        else:
+            level = self.fixed_level_mm if self.fixed_level_mm is not None else self.rain.level_mm()
+            raw = round(level * 10**self.decimals)
         base = start_address
         registers[0x0003 - base] = UNIT_CODE_MM
         registers[0x0004 - base] = self.decimals
@@ -110,6 +119,7 @@ class WaterLevelSimulator:
 
     async def start(self) -> int:
         """Start serving; return the bound port."""
+        self._closing.clear()
         devices = [
             SimDevice(
                 id=uid,
@@ -125,6 +135,8 @@ class WaterLevelSimulator:
         return self.port
 
     async def stop(self) -> None:
+        self._closing.set()
+        await asyncio.sleep(0)
         if self._server is not None:
             await self._server.shutdown()
             self._server = None

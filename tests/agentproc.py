@@ -1,0 +1,123 @@
+"""Run ``edgeagent run`` as a real child process, as systemd would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from edgeagent.store import decode_value
+
+
+class NotifySocket:
+    """The systemd side of sd_notify: a datagram socket that collects what the agent says."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.setblocking(False)
+        self._task = asyncio.get_running_loop().create_task(self._read(), name="notify-socket")
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await loop.sock_recv(self._sock, 4096)
+            self.messages.extend(data.decode().split("\n"))
+
+    def has(self, field: str) -> bool:
+        return field in self.messages
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._sock.close()
+
+
+class AgentProcess:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.notify: NotifySocket | None = None
+
+    async def start(self, *, notify_dir: Path | None = None) -> None:
+        if notify_dir is not None:
+            self.notify = NotifySocket(notify_dir / f"notify-{id(self)}.sock")
+            self.env["NOTIFY_SOCKET"] = str(self.notify.path)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edgeagent",
+            "run",
+            "--config",
+            str(self.config),
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
+        assert self.notify is not None and self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while not self.notify.has("READY=1"):
+            if self.proc.returncode is not None or time.monotonic() > deadline:
+                raise AssertionError(f"agent never became ready (exit code {self.proc.returncode})")
+            await asyncio.sleep(0.02)
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        await self.close()
+
+    async def close(self) -> None:
+        if self.notify is not None:
+            await self.notify.close()
+            self.notify = None
+
+    async def terminate(self, timeout_s: float = 10.0) -> tuple[int, str]:
+        """SIGTERM; return (exit code, stderr)."""
+        assert self.proc is not None and self.proc.stderr is not None
+        self.proc.send_signal(signal.SIGTERM)
+        stderr = await asyncio.wait_for(self.proc.stderr.read(), timeout=timeout_s)
+        code = await asyncio.wait_for(self.proc.wait(), timeout=timeout_s)
+        await self.close()
+        return code, stderr.decode()
+
+
+def read_store(path: Path) -> dict[int, tuple[int, str, str, float | None]]:
+    """Every row in a store file: seq -> (ts_ms, device/point, unit, value). Read-only access."""
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(path)
+    try:
+        series = {sid: (f"{d}/{p}", u) for sid, d, p, u in conn.execute("SELECT id, device, point, unit FROM series")}
+        out = {}
+        for table in ("readings_alarm", "readings_event", "readings_telemetry"):
+            for seq, ts_ms, sid, value, flags in conn.execute(f"SELECT seq, ts_ms, series, value, flags FROM {table}"):
+                name, unit = series[sid]
+                out[seq] = (ts_ms, name, unit, decode_value(value, flags))
+        return out
+    finally:
+        conn.close()
+
+
+def store_last_seq(path: Path) -> int:
+    """The highest sequence number ever given: the counter kept at pruning, or a newer row."""
+    conn = sqlite3.connect(path)
+    try:
+        last = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
+        for table in ("readings_alarm", "readings_event", "readings_telemetry"):
+            last = max(last, conn.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()[0])
+        return last
+    finally:
+        conn.close()
