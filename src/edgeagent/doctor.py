@@ -1,0 +1,772 @@
+"""``edgeagent doctor``: what commonly goes wrong at install time, checked, each with its fix.
+
+The checks, in order: the config; the service user; serial ports; Modbus TCP devices;
+D-Bus and the Bluetooth adapter; the store's folder and free space; the clock; each
+upstream, stage by stage (DNS, TCP, TLS, auth), so the line that fails names the layer
+to look at. Each check prints one line: ``OK``, ``WARN`` or ``FAIL``, what was checked,
+and for a problem the fix. Exit 0 when nothing failed, 1 when something did, 2 when the
+config itself is invalid (as ``check-config``).
+
+Run as root, as an operator does after installing, access is judged for the service
+user (``edgeagent``) from owner, group and mode bits (ACLs are not read): that user, not
+root, opens the ports and writes the store. Every network check has a short timeout,
+so the doctor answers in seconds even when nothing is reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import enum
+import grp
+import gzip
+import ipaddress
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import stat
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgeagent.config import HttpUplinkConfig, ModbusTcpBus, SiteConfig, load_config
+from edgeagent.errors import ConfigError
+from edgeagent.sync.senml import CONTENT_TYPE
+
+SERVICE_USER = "edgeagent"
+# The state folder the unit's StateDirectory= creates and ProtectSystem=strict leaves writable.
+UNIT_STATE_DIR = Path("/var/lib/edgeagent")
+UNIT_FILES = (Path("/etc/systemd/system/edgeagent.service"), Path("/lib/systemd/system/edgeagent.service"))
+# Device groups (/proc/devices names) the unit's DeviceAllow= lets through DevicePolicy=closed.
+UNIT_DEVICE_GROUPS = ("ttyS", "ttyUSB", "ttyACM", "ttyAMA")
+NET_TIMEOUT_S = 3.0
+FREE_FAIL_BYTES = 64 * 2**20
+FREE_WARN_BYTES = 512 * 2**20
+# A clock before this is certainly wrong (no RTC, no NTP yet): TLS and timestamps break.
+PLAUSIBLE_AFTER = time.mktime((2025, 1, 1, 0, 0, 0, 0, 0, -1))
+# As systemd's NTPSynchronized: kernel not flagged unsynchronised and max error under 16 s.
+STA_UNSYNC = 0x0040
+MAX_SYNCED_ERROR_US = 16_000_000
+
+
+class Status(enum.Enum):
+    OK = "OK"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One finding: what was checked, the verdict, and for a problem what to do."""
+
+    status: Status
+    subject: str
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status.value:<4} {self.subject}: {self.detail}"
+        return f"{text}  fix: {self.fix}" if self.fix and self.status is not Status.OK else text
+
+
+def _ok(subject: str, detail: str) -> Check:
+    return Check(Status.OK, subject, detail)
+
+
+def _warn(subject: str, detail: str, fix: str) -> Check:
+    return Check(Status.WARN, subject, detail, fix)
+
+
+def _fail(subject: str, detail: str, fix: str) -> Check:
+    return Check(Status.FAIL, subject, detail, fix)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Whose access is judged: the service user, or whoever runs the doctor when it is missing."""
+
+    name: str
+    uid: int
+    gids: frozenset[int]
+
+    @classmethod
+    def of_user(cls, name: str) -> Identity | None:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
+        return cls(name, pw.pw_uid, frozenset(gids))
+
+    @classmethod
+    def current(cls) -> Identity:
+        uid = os.geteuid()
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        return cls(name, uid, frozenset({os.getegid(), *os.getgroups()}))
+
+    def may(self, st: os.stat_result, want: int) -> bool:
+        """Mode-bit access (``want`` of R_OK|W_OK|X_OK); only the first matching class counts."""
+        if self.uid == 0:
+            return True
+        if st.st_uid == self.uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid in self.gids:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & want == want
+
+    def blocked_at(self, path: Path) -> Path | None:
+        """The first folder above ``path`` this identity may not enter, if any."""
+        for folder in reversed(path.parents):
+            try:
+                if not self.may(folder.stat(), os.X_OK):
+                    return folder
+            except OSError:
+                return None
+        return None
+
+
+def _owner(st: os.stat_result) -> str:
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{user}:{group} {stat.S_IMODE(st.st_mode):04o}"
+
+
+# --- config and user ---------------------------------------------------------------
+
+
+def check_config(path: Path) -> tuple[list[Check], SiteConfig | None]:
+    subject = f"config {path}"
+    try:
+        site = load_config(path)
+    except ConfigError as exc:
+        fix = f"edit {path} (the example: /usr/share/doc/edgeagent, config/lamp-pole.toml)"
+        return [_fail(subject, str(p).removeprefix(f"{path}: "), fix) for p in exc.problems], None
+    counts = f"{len(site.buses)} buses, {len(site.devices)} devices, {len(site.uplinks)} uplinks"
+    return [_ok(subject, f"valid ({counts})")], site
+
+
+def check_service_user(name: str) -> tuple[list[Check], Identity]:
+    who = Identity.of_user(name)
+    if who is None:
+        me = Identity.current()
+        return [
+            _warn(
+                f"service user {name}",
+                f"does not exist; judging access as {me.name} instead",
+                "systemd-sysusers edgeagent.conf (the edgeagent package does this on install)",
+            )
+        ], me
+    groups = sorted(g.gr_name for g in grp.getgrall() if g.gr_gid in who.gids)
+    return [_ok(f"service user {name}", f"uid {who.uid}, groups {', '.join(groups)}")], who
+
+
+def check_config_readable(path: Path, who: Identity) -> list[Check]:
+    subject = f"config {path} for {who.name}"
+    blocked = who.blocked_at(path)
+    if blocked is not None:
+        return [_fail(subject, f"cannot enter {blocked}", f"chgrp {who.name} {blocked} && chmod g+x {blocked}")]
+    if not who.may(path.stat(), os.R_OK):
+        return [
+            _fail(subject, f"not readable ({_owner(path.stat())})", f"chgrp {who.name} {path} && chmod 0640 {path}")
+        ]
+    return [_ok(subject, "readable")]
+
+
+# --- serial ports --------------------------------------------------------------------
+
+
+def _char_device_names() -> dict[int, str]:
+    """Major number -> driver name, from the "Character devices" part of /proc/devices."""
+    names: dict[int, str] = {}
+    try:
+        text = Path("/proc/devices").read_text()
+    except OSError:
+        return names
+    for line in text.split("Block devices:")[0].splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+def _modem_manager_running() -> bool:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "ModemManager":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def serial_ports(site: SiteConfig) -> list[tuple[str, str]]:
+    """(bus name, device path) for every bus with a ``port`` that is a /dev path."""
+    found = []
+    for bus in site.buses:
+        port = getattr(bus, "port", None)
+        if isinstance(port, str | os.PathLike) and str(port).startswith("/dev/"):
+            found.append((bus.name, str(port)))
+    return found
+
+
+def check_serial_ports(ports: Iterable[tuple[str, str]], who: Identity) -> list[Check]:
+    checks: list[Check] = []
+    majors = _char_device_names()
+    ports = list(ports)
+    for bus, port in ports:
+        subject = f"serial port {port} (bus {bus})"
+        try:
+            st = os.stat(port)
+        except FileNotFoundError:
+            checks.append(
+                _fail(
+                    subject,
+                    "does not exist",
+                    "plug in the adapter and look at `ls -l /dev/serial/by-id/`; use that by-id path as the"
+                    " port, it survives re-plugging",
+                )
+            )
+            continue
+        except OSError as exc:
+            checks.append(_fail(subject, f"cannot stat: {exc.strerror}", "check the path in the config"))
+            continue
+        if not stat.S_ISCHR(st.st_mode):
+            checks.append(_fail(subject, "is not a character device", "point the port at the tty device"))
+            continue
+        if not who.may(st, os.R_OK | os.W_OK) or who.blocked_at(Path(port)) is not None:
+            group = _owner(st).split()[0].split(":")[1]
+            fix = (
+                f"usermod -aG {group} {who.name}, then systemctl restart edgeagent"
+                if st.st_mode & stat.S_IRGRP and st.st_mode & stat.S_IWGRP
+                else f'a udev rule giving it GROUP="dialout", MODE="0660" (now {_owner(st)})'
+            )
+            checks.append(_fail(subject, f"not readable and writable by {who.name} ({_owner(st)})", fix))
+            continue
+        driver = majors.get(os.major(st.st_rdev), f"major {os.major(st.st_rdev)}")
+        if driver not in UNIT_DEVICE_GROUPS:
+            checks.append(
+                _warn(
+                    subject,
+                    f"driver {driver} is not in the unit's DeviceAllow= list",
+                    f"systemctl edit edgeagent: [Service] DeviceAllow=char-{driver} rw",
+                )
+            )
+            continue
+        checks.append(_ok(subject, f"{driver} device, read/write for {who.name}"))
+    if ports and _modem_manager_running():
+        checks.append(
+            _warn(
+                "ModemManager",
+                "running; it probes serial ports and can hold them",
+                'systemctl disable --now ModemManager, or a udev rule with ENV{ID_MM_DEVICE_IGNORE}="1"',
+            )
+        )
+    return checks
+
+
+# --- D-Bus and Bluetooth -------------------------------------------------------------
+
+
+def _system_bus_path() -> Path:
+    address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
+    for part in address.split(";")[0].removeprefix("unix:").split(","):
+        if part.startswith("path="):
+            return Path(part.removeprefix("path="))
+    return Path("/run/dbus/system_bus_socket")
+
+
+async def _bluez_on_bus(timeout_s: float) -> bool:
+    """Whether org.bluez (bluetoothd) owns its name on the system bus."""
+    from dbus_fast import BusType, Message
+    from dbus_fast.aio import MessageBus
+
+    bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), timeout_s)
+    try:
+        reply = await asyncio.wait_for(
+            bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=["org.bluez"],
+                )
+            ),
+            timeout_s,
+        )
+    finally:
+        bus.disconnect()
+    return bool(reply is not None and reply.body and reply.body[0])
+
+
+def _bluetooth_radio_checks() -> list[Check]:
+    """The adapter and its rfkill switch, from sysfs."""
+    checks: list[Check] = []
+    adapters = sorted(p.name for p in Path("/sys/class/bluetooth").glob("hci*"))
+    if not adapters:
+        checks.append(
+            _warn(
+                "Bluetooth adapter",
+                "none found (needed only for BLE sensors)",
+                "plug in or enable the adapter; see `dmesg | grep -i bluetooth`",
+            )
+        )
+    else:
+        checks.append(_ok("Bluetooth adapter", ", ".join(adapters)))
+    for kill in Path("/sys/class/rfkill").glob("rfkill*"):
+        try:
+            if (kill / "type").read_text().strip() != "bluetooth":
+                continue
+            soft, hard = (kill / "soft").read_text().strip(), (kill / "hard").read_text().strip()
+        except OSError:
+            continue
+        if "1" in (soft, hard):
+            name = (kill / "name").read_text().strip() if (kill / "name").exists() else kill.name
+            fix = "rfkill unblock bluetooth" if hard == "0" else "a hardware switch or firmware setting blocks it"
+            checks.append(_warn(f"Bluetooth radio {name}", "blocked by rfkill", fix))
+    return checks
+
+
+async def check_bluetooth(who: Identity, timeout_s: float) -> list[Check]:
+    """BLE sensors need the system D-Bus, bluetoothd on it, and an unblocked adapter."""
+    from dbus_fast.errors import DBusFastError
+
+    checks: list[Check] = []
+    sock = _system_bus_path()
+    if not (sock.exists() and stat.S_ISSOCK(sock.stat().st_mode)):
+        checks.append(_warn("D-Bus system bus", f"no socket at {sock}", "apt install dbus (BLE goes through BlueZ)"))
+    else:
+        checks.append(_ok("D-Bus system bus", str(sock)))
+        try:
+            bluez = await _bluez_on_bus(timeout_s)
+        except (OSError, TimeoutError, DBusFastError) as exc:
+            checks.append(_warn("BlueZ", f"cannot ask the bus: {exc!r}", "systemctl status dbus"))
+        else:
+            if bluez:
+                checks.append(_ok("BlueZ", "bluetoothd is on the system bus"))
+            else:
+                checks.append(
+                    _warn("BlueZ", "bluetoothd is not running", "apt install bluez; systemctl enable --now bluetooth")
+                )
+    checks.extend(_bluetooth_radio_checks())
+    try:
+        bluetooth_gid = grp.getgrnam("bluetooth").gr_gid
+    except KeyError:
+        bluetooth_gid = None
+    if bluetooth_gid is not None and who.uid != 0 and bluetooth_gid not in who.gids:
+        checks.append(
+            _warn(
+                f"group bluetooth for {who.name}",
+                "not a member; Debian's BlueZ policy lets only that group talk to it",
+                f"usermod -aG bluetooth {who.name}",
+            )
+        )
+    return checks
+
+
+# --- store ---------------------------------------------------------------------------
+
+
+def _unit_installed() -> bool:
+    return any(p.exists() for p in UNIT_FILES)
+
+
+def check_store(state_dir: Path, who: Identity, *, unit_installed: bool | None = None) -> list[Check]:
+    subject = f"store folder {state_dir}"
+    unit_installed = _unit_installed() if unit_installed is None else unit_installed
+    checks: list[Check] = []
+    if unit_installed and not state_dir.is_relative_to(UNIT_STATE_DIR):
+        checks.append(
+            _fail(
+                subject,
+                f"the service may write only {UNIT_STATE_DIR} (ProtectSystem=strict)",
+                f'state_dir = "{UNIT_STATE_DIR}", or systemctl edit edgeagent: [Service] ReadWritePaths={state_dir}',
+            )
+        )
+    existing = state_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        checks.append(
+            _fail(
+                subject,
+                f"cannot be a folder: {existing} is a file",
+                f'set gateway.state_dir to a folder (default "{UNIT_STATE_DIR}") or move {existing} away',
+            )
+        )
+        return checks
+    if existing != state_dir:
+        if unit_installed and state_dir == UNIT_STATE_DIR:
+            checks.append(_ok(subject, "systemd creates it at the first start (StateDirectory=)"))
+        elif not who.may(existing.stat(), os.W_OK | os.X_OK) or who.blocked_at(existing) is not None:
+            checks.append(
+                _fail(
+                    subject,
+                    f"does not exist and {who.name} cannot create it in {existing}",
+                    f"mkdir -p {state_dir} && chown {who.name}: {state_dir}",
+                )
+            )
+        else:
+            checks.append(_ok(subject, f"will be created in {existing}"))
+    else:
+        checks.extend(_check_existing_store(state_dir, who, subject))
+    checks.append(_check_free_space(existing))
+    return checks
+
+
+def _check_existing_store(state_dir: Path, who: Identity, subject: str) -> list[Check]:
+    # A real write catches what mode bits cannot show: a read-only mount, a full disk.
+    probe = state_dir / f".doctor-{os.getpid()}"
+    try:
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as exc:
+        return [_fail(subject, f"cannot write: {exc.strerror}", f"check the mount (findmnt -T {state_dir}) and disk")]
+    st = state_dir.stat()
+    blocked = who.blocked_at(state_dir)
+    if blocked is not None:
+        return [
+            _fail(subject, f"{who.name} cannot enter {blocked}", f"chmod o+x {blocked}, or keep the store elsewhere")
+        ]
+    if not who.may(st, os.W_OK | os.X_OK):
+        return [_fail(subject, f"not writable for {who.name} ({_owner(st)})", f"chown -R {who.name}: {state_dir}")]
+    checks = [_ok(subject, f"writable by {who.name}")]
+    for name in ("buffer.sqlite", "buffer.sqlite-wal", "buffer.sqlite-shm"):
+        path = state_dir / name
+        if path.exists() and not who.may(path.stat(), os.R_OK | os.W_OK):
+            checks.append(
+                _fail(
+                    f"store file {path}",
+                    f"not writable by {who.name} ({_owner(path.stat())}); was the agent run by hand as root?",
+                    f"chown {who.name}: {state_dir}/buffer.sqlite*",
+                )
+            )
+    return checks
+
+
+def _check_free_space(folder: Path) -> Check:
+    usage = shutil.disk_usage(folder)
+    subject = f"free space for the store ({folder})"
+    shown = f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
+    if usage.free < FREE_FAIL_BYTES:
+        return _fail(subject, shown, "free disk space; the buffer needs room to hold readings during outages")
+    if usage.free < FREE_WARN_BYTES:
+        return _warn(subject, shown, "free disk space before a long outage fills it")
+    return _ok(subject, shown)
+
+
+# --- clock ---------------------------------------------------------------------------
+
+
+class _Timex(ctypes.Structure):
+    # The leading fields of struct timex; the padding covers the rest on 32- and 64-bit.
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("_rest", ctypes.c_byte * 256),
+    ]
+
+
+def clock_synchronised() -> bool | None:
+    """The kernel's NTP state as systemd reads it (adjtimex, read-only); None when unknown."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    tx = _Timex()
+    if libc.adjtimex(ctypes.byref(tx)) < 0:
+        return None
+    return not tx.status & STA_UNSYNC and tx.maxerror < MAX_SYNCED_ERROR_US
+
+
+def check_clock(now: float | None = None, synced: bool | None = None) -> list[Check]:
+    now = time.time() if now is None else now
+    synced = clock_synchronised() if synced is None else synced
+    shown = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+    fix = "timedatectl set-ntp true (systemd-timesyncd), or install chrony"
+    if now < PLAUSIBLE_AFTER:
+        return [_fail("clock", f"says {shown}: readings get wrong timestamps and TLS fails", fix)]
+    if synced is None:
+        return [_warn("clock", f"{shown}; cannot tell whether it is synchronised", "timedatectl status")]
+    if not synced:
+        return [_warn("clock", f"{shown}, not synchronised: timestamps drift", fix)]
+    return [_ok("clock", f"{shown}, synchronised")]
+
+
+# --- network -------------------------------------------------------------------------
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _resolve(host: str, port: int, timeout_s: float) -> list[str]:
+    """getaddrinfo in a daemon thread: a stuck resolver neither blocks the loop nor the exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[str]] = loop.create_future()
+
+    def work() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            loop.call_soon_threadsafe(_settle, done, addresses, None)
+        except OSError as exc:
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+
+    threading.Thread(target=work, name=f"doctor-dns-{host}", daemon=True).start()
+    return await asyncio.wait_for(done, timeout_s)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _reason(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, socket.gaierror):
+        return str(exc.strerror)
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+async def _connect(host: str, port: int, timeout_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float]:
+    started = time.monotonic()
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    return reader, writer, (time.monotonic() - started) * 1000
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+async def check_modbus_bus(bus: ModbusTcpBus, timeout_s: float) -> list[Check]:
+    subject = f"Modbus TCP bus {bus.name} at {bus.host}:{bus.port}"
+    try:
+        _, writer, took_ms = await _connect(bus.host, bus.port, timeout_s)
+    except (OSError, TimeoutError) as exc:
+        return [
+            _fail(
+                subject,
+                f"cannot connect: {_reason(exc, timeout_s)}",
+                "check the converter's address, port (usually 502), power and cabling, and the route to it;"
+                " then try: edgeagent read --config FILE DEVICE",
+            )
+        ]
+    await _close(writer)
+    return [_ok(subject, f"connects ({took_ms:.0f} ms)")]
+
+
+def _read_token(up: HttpUplinkConfig, who: Identity) -> tuple[Check | None, str | None]:
+    """The bearer token, or the problem with its file (the agent would not start)."""
+    if up.token_file is None:
+        return None, None
+    path = up.token_file
+    subject = f"upstream {up.name} token file {path}"
+    fix = f"install -m 0640 -g {who.name} /dev/stdin {path} (paste the token, then Ctrl-D)"
+    try:
+        token = path.read_text().strip()
+        st = path.stat()
+    except OSError as exc:
+        return _fail(subject, f"cannot read: {exc.strerror}", fix), None
+    if not token:
+        return _fail(subject, "is empty", fix), None
+    if who.blocked_at(path) is not None or not who.may(st, os.R_OK):
+        return _fail(
+            subject, f"not readable by {who.name} ({_owner(st)})", f"chgrp {who.name} {path} && chmod 0640 {path}"
+        ), None
+    return _ok(subject, f"readable by {who.name}"), token
+
+
+def _post_empty_batch(host: str, port: int, path: str, gateway_id: str, token: str | None) -> bytes:
+    # An empty SenML pack: valid (RFC 8428), stores nothing, and passes the same auth as a batch.
+    body = gzip.compress(b"[]", mtime=0)
+    default = 443 if port == 443 else 80
+    host_header = f"[{host}]" if ":" in host else host
+    host_header += "" if port == default else f":{port}"
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host_header}",
+        f"Content-Type: {CONTENT_TYPE}",
+        "Content-Encoding: gzip",
+        f"Content-Length: {len(body)}",
+        f"X-Edgeagent-Gateway: {gateway_id}",
+        "X-Edgeagent-Count: 0",
+        "User-Agent: edgeagent-doctor",
+        "Connection: close",
+    ]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _judge_status(subject: str, status: int, has_token: bool, url: str) -> Check:
+    if status in (401, 403):
+        if has_token:
+            return _fail(subject, f"the token was refused (HTTP {status})", "put the current token in the token file")
+        return _fail(subject, f"wants a token (HTTP {status})", "set token_file for this uplink in the config")
+    if status == 404:
+        return _fail(subject, "no ingest at this path (HTTP 404)", f"check the path of {url}")
+    if 200 <= status < 300:
+        return _ok(subject, f"accepted an empty batch (HTTP {status})")
+    if status >= 500:
+        return _warn(
+            subject, f"upstream error (HTTP {status}); the agent keeps retrying", "ask the platform's operator"
+        )
+    return _warn(subject, f"token not refused, but HTTP {status} for an empty batch", f"check the url {url}")
+
+
+async def check_uplink(up: HttpUplinkConfig, gateway_id: str, who: Identity, timeout_s: float) -> list[Check]:
+    """DNS, then TCP, then TLS, then auth: stop at the first stage that fails."""
+    url = str(up.url)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    name = f"upstream {up.name}"
+    checks: list[Check] = []
+    token_check, token = _read_token(up, who)
+    if token_check is not None:
+        checks.append(token_check)
+        if token_check.status is Status.FAIL:
+            return checks
+
+    if _is_ip(host):
+        addresses = [host]
+    else:
+        try:
+            addresses = await _resolve(host, port, timeout_s)
+        except (OSError, TimeoutError) as exc:
+            fix = "check the host name in the url, and DNS: resolvectl status or /etc/resolv.conf"
+            return [*checks, _fail(f"{name} DNS {host}", f"cannot resolve: {_reason(exc, timeout_s)}", fix)]
+        checks.append(_ok(f"{name} DNS {host}", ", ".join(addresses[:3])))
+
+    connected = None
+    error: BaseException | None = None
+    for address in addresses[:2]:
+        try:
+            connected = await _connect(address, port, timeout_s)
+            break
+        except (OSError, TimeoutError) as exc:
+            error = exc
+    if connected is None:
+        assert error is not None
+        fix = "check the route (ip route), firewall, modem/APN, and the port in the url"
+        return [*checks, _fail(f"{name} TCP {host}:{port}", f"cannot connect: {_reason(error, timeout_s)}", fix)]
+    reader, writer, took_ms = connected
+    checks.append(_ok(f"{name} TCP {host}:{port}", f"connects ({took_ms:.0f} ms)"))
+    try:
+        if parts.scheme == "https":
+            try:
+                await asyncio.wait_for(writer.start_tls(ssl.create_default_context(), server_hostname=host), timeout_s)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                fix = "check the clock (certificates are date-checked), ca-certificates, or a proxy intercepting TLS"
+                return [*checks, _fail(f"{name} TLS {host}", _reason(exc, timeout_s), fix)]
+            tls = writer.get_extra_info("ssl_object")
+            checks.append(_ok(f"{name} TLS {host}", f"{tls.version() if tls else 'TLS'}, certificate trusted"))
+        subject = f"{name} auth"
+        request = _post_empty_batch(host, port, parts.path or "/", gateway_id, token)
+        try:
+            writer.write(request)
+            await asyncio.wait_for(writer.drain(), timeout_s)
+            status_line = await asyncio.wait_for(reader.readline(), timeout_s)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            return [*checks, _fail(subject, f"no HTTP answer: {_reason(exc, timeout_s)}", f"check the url {url}")]
+        fields = status_line.decode("latin-1").split()
+        if len(fields) < 2 or not fields[1].isdigit():
+            return [*checks, _fail(subject, f"not an HTTP answer: {status_line[:60]!r}", f"check the url {url}")]
+        checks.append(_judge_status(subject, int(fields[1]), token is not None, url))
+        return checks
+    finally:
+        await _close(writer)
+
+
+# --- the whole run ----------------------------------------------------------------------
+
+
+async def _gather(jobs: list[Awaitable[list[Check]]]) -> list[Check]:
+    results = await asyncio.gather(*jobs)
+    return [check for checks in results for check in checks]
+
+
+async def diagnose(
+    path: Path,
+    *,
+    service_user: str = SERVICE_USER,
+    timeout_s: float = NET_TIMEOUT_S,
+    emit: Callable[[Check], None] = lambda c: print(c.line(), flush=True),
+) -> tuple[list[Check], bool]:
+    """Run every check, emitting each line as its section finishes; return them and config validity."""
+    checks: list[Check] = []
+
+    def report(found: Iterable[Check]) -> None:
+        for check in found:
+            checks.append(check)
+            emit(check)
+
+    found, site = check_config(path)
+    report(found)
+    found, who = check_service_user(service_user)
+    report(found)
+    if site is not None:
+        report(check_config_readable(path, who))
+        report(check_serial_ports(serial_ports(site), who))
+    report(await check_bluetooth(who, timeout_s))
+    if site is not None:
+        report(check_store(site.gateway.state_dir, who))
+    report(check_clock())
+    if site is not None:
+        jobs: list[Awaitable[list[Check]]] = [
+            check_modbus_bus(bus, timeout_s) for bus in site.buses if isinstance(bus, ModbusTcpBus)
+        ]
+        jobs += [check_uplink(up, site.gateway.id, who, timeout_s) for up in site.uplinks]
+        report(await _gather(jobs))
+    return checks, site is not None
+
+
+def run_doctor(path: Path) -> int:
+    """``edgeagent doctor``: 0 all good (warnings allowed), 1 a check failed, 2 the config is invalid."""
+    checks, config_valid = asyncio.run(diagnose(path))
+    failed = sum(1 for c in checks if c.status is Status.FAIL)
+    warned = sum(1 for c in checks if c.status is Status.WARN)
+    print(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+    if not config_valid:
+        return 2
+    return 1 if failed else 0
