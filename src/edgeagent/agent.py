@@ -31,7 +31,7 @@ from edgeagent.notify import Notifier, watchdog_interval_s
 from edgeagent.store import Store
 from edgeagent.sync.worker import SyncWorker
 from edgeagent.transports.modbus import ModbusTcpTransport
-from edgeagent.uplinks.http import HttpUplink
+from edgeagent.uplinks import make_uplink
 from edgeagent.web.app import make_app, status_builder
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ SYNC_STOP_GRACE_S = 2.0
 STATUS_EVERY_S = 10.0
 # How long a critical task may go without checking in before the watchdog stops pinging.
 CRITICAL_ALLOWANCE_S = 30.0
+# Slow retry after a refusal, for uplinks whose config has no setting of its own.
+DEFAULT_REJECTED_RETRY_S = 300.0
 # When set to "1", SIGUSR2 makes the store's commit loop hang (a watchdog test hook).
 DEBUG_HANG_ENV = "EDGEAGENT_DEBUG_HANG_SIGNAL"
 
@@ -61,8 +63,7 @@ class Agent:
             asset = dev.asset.model_dump(exclude_none=True)
             asset.setdefault("model", f"{profiles[dev.profile].manufacturer} {profiles[dev.profile].model}")
             self.live.devices[dev.id] = DeviceLive(id=dev.id, profile=dev.profile, bus=dev.bus, asset=asset)
-        for up in self.site.uplinks:
-            self.live.uplinks[up.name] = UplinkLive(name=up.name, kind=up.kind, target=str(up.url))
+
 
     def _raise_alarm(self, store: Store, kind: str, message: str) -> None:
         log.error("alarm %s: %s", kind, message)
@@ -88,8 +89,9 @@ class Agent:
             if store.moved_aside:
                 self._raise_alarm(store, "store_corrupt", f"unreadable store moved aside to {store.moved_aside}")
 
-            uplinks = [HttpUplink(cfg, site.gateway.id) for cfg in site.uplinks]
-            for up in uplinks:
+            uplinks = [make_uplink(cfg, site.gateway.id) for cfg in site.uplinks]
+            for up, cfg in zip(uplinks, site.uplinks, strict=True):
+                self.live.uplinks[up.name] = UplinkLive(name=up.name, kind=cfg.kind, target=up.target)
                 await up.start()
                 stack.push_async_callback(up.close)
 
@@ -103,10 +105,12 @@ class Agent:
                     store,
                     up,
                     self.live.uplinks[up.name],
+                    gateway_id=site.gateway.id,
                     batch_max_readings=cfg.batch_max_readings,
                     retry_min_s=cfg.retry_min_ms / 1000,
                     retry_max_s=cfg.retry_max_ms / 1000,
-                    rejected_retry_s=cfg.rejected_retry_s,
+                    rejected_retry_s=getattr(cfg, "rejected_retry_s", DEFAULT_REJECTED_RETRY_S),
+                    bandwidth_bytes_per_s=cfg.bandwidth_bytes_per_s,
                     beat=self.heartbeats.register(f"sync:{up.name}", CRITICAL_ALLOWANCE_S),
                 )
                 for up, cfg in zip(uplinks, site.uplinks, strict=True)

@@ -93,21 +93,69 @@ class DeviceConfig(_Strict):
     asset: AssetConfig
 
 
-class HttpUplinkConfig(_Strict):
-    """An HTTP(S) ingest endpoint that accepts gzip'd SenML batches."""
+PriorityName = Literal["alarm", "event", "telemetry"]
+
+
+class _UplinkBase(_Strict):
+    """What every destination has: its own cursor, filter, pace and retry limits."""
 
     name: Ident
+    batch_max_readings: int = Field(default=500, ge=1, le=50_000)
+    retry_min_ms: int = Field(default=500, gt=0, le=600_000)
+    retry_max_ms: int = Field(default=60_000, gt=0, le=3_600_000)
+    bandwidth_bytes_per_s: int | None = Field(default=None, ge=100, description="cap on payload bytes sent per second")
+    classes: list[PriorityName] = Field(
+        default_factory=lambda: ["alarm", "event", "telemetry"], min_length=1, description="priority classes sent"
+    )
+    device_tags: list[str] = Field(
+        default_factory=list, description="send only devices carrying one of these tags (empty: all devices)"
+    )
+
+    @model_validator(mode="after")
+    def _retry(self) -> _UplinkBase:
+        if self.retry_max_ms < self.retry_min_ms:
+            raise ValueError("retry_max_ms must be >= retry_min_ms")
+        return self
+
+
+class HttpUplinkConfig(_UplinkBase):
+    """An HTTP(S) ingest endpoint that accepts gzip'd SenML batches."""
+
     kind: Literal["http"]
     url: AnyHttpUrl
     token_file: Path | None = Field(default=None, description="file holding a bearer token")
     timeout_s: float = Field(default=15.0, gt=0, le=600)
-    batch_max_readings: int = Field(default=500, ge=1, le=50_000)
-    retry_min_ms: int = Field(default=500, gt=0, le=600_000)
-    retry_max_ms: int = Field(default=60_000, gt=0, le=3_600_000)
     rejected_retry_s: float = Field(default=300.0, gt=0, le=86400)
 
 
-UplinkConfig = HttpUplinkConfig
+class MqttUplinkConfig(_UplinkBase):
+    """An MQTT 5 broker (or cluster); batches are published with QoS 1 on a persistent session."""
+
+    kind: Literal["mqtt"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=8883, ge=1, le=65535)
+    tls: bool = Field(default=True, description="TLS with server verification")
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker (default: system CAs)")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="client certificate's private key")
+    username: str | None = None
+    password_file: Path | None = Field(default=None, description="file holding the password")
+    client_id: str | None = Field(default=None, max_length=128, description="default: edgeagent-<gateway>-<name>")
+    topic_prefix: str = Field(default="edgeagent", pattern=r"^[^#+\s]+$")
+    keepalive_s: int = Field(default=60, ge=5, le=3600)
+    session_expiry_s: int = Field(default=86_400, ge=0, le=4_294_967_295)
+    ack_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="PUBACK wait before the client is rebuilt")
+
+    @model_validator(mode="after")
+    def _certs(self) -> MqttUplinkConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.cert_file is not None and not self.tls:
+            raise ValueError("a client certificate needs tls = true")
+        return self
+
+
+UplinkConfig = Annotated[HttpUplinkConfig | MqttUplinkConfig, Field(discriminator="kind")]
 
 
 class SiteConfig(_Strict):
@@ -162,7 +210,13 @@ def _cross_check(file: str, site: SiteConfig) -> tuple[list[ConfigProblem], dict
 def _resolve_paths(site: SiteConfig, base: Path) -> SiteConfig:
     gateway = site.gateway.model_copy(update={"state_dir": (base / site.gateway.state_dir).resolve()})
     uplinks = [
-        u.model_copy(update={"token_file": (base / u.token_file).resolve()}) if u.token_file else u
+        u.model_copy(
+            update={
+                key: (base / getattr(u, key)).resolve()
+                for key in ("token_file", "password_file", "ca_file", "cert_file", "key_file")
+                if getattr(u, key, None) is not None
+            }
+        )
         for u in site.uplinks
     ]
     return site.model_copy(update={"gateway": gateway, "uplinks": uplinks})
@@ -197,6 +251,7 @@ __all__ = [
     "DeviceConfig",
     "GatewayConfig",
     "HttpUplinkConfig",
+    "MqttUplinkConfig",
     "SiteConfig",
     "StoreConfig",
     "UplinkConfig",

@@ -85,10 +85,16 @@ class UplinkError(EdgeAgentError):
 
 
 class UplinkRetryLater(UplinkError):
-    """A transient failure; ``retry_after_s`` is the receiver's hint, if it gave one."""
+    """A transient failure; ``retry_after_s`` is the receiver's hint, if it gave one.
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+    ``link_down`` says the link itself failed (refused, unreachable, disconnected), as
+    opposed to a receiver that answered but is busy: only then is waiting for the link to
+    return, rather than for a backoff timer, the right thing to do.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float | None = None, *, link_down: bool = False) -> None:
         self.retry_after_s = retry_after_s
+        self.link_down = link_down
         super().__init__(reason)
 
 

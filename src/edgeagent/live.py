@@ -57,6 +57,7 @@ class UplinkLive:
     last_success_ts: float | None = None
     batches_sent: int = 0
     readings_sent: int = 0
+    bytes_sent: int = 0
     failures: int = 0
 
 

@@ -19,6 +19,8 @@ from edgeagent.backoff import Backoff
 from edgeagent.errors import UplinkRejected, UplinkRetryLater
 from edgeagent.live import UplinkLive
 from edgeagent.store import Store
+from edgeagent.sync.pacing import TokenBucket
+from edgeagent.sync.senml import encode_gzip
 from edgeagent.uplinks import Uplink
 
 log = logging.getLogger(__name__)
@@ -33,17 +35,21 @@ class SyncWorker:
         uplink: Uplink,
         live: UplinkLive,
         *,
+        gateway_id: str,
         batch_max_readings: int,
         retry_min_s: float,
         retry_max_s: float,
         rejected_retry_s: float,
+        bandwidth_bytes_per_s: int | None = None,
         beat: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.uplink = uplink
         self.live = live
+        self.gateway_id = gateway_id
         self.batch_max_readings = batch_max_readings
         self.rejected_retry_s = rejected_retry_s
+        self._bucket = TokenBucket(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
         self._backoff = Backoff(retry_min_s, retry_max_s)
         self._beat = beat or (lambda: None)
         self._wake = store.subscribe()
@@ -66,6 +72,19 @@ class SyncWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=min(left, BEAT_EVERY_S))
 
+    async def _wait_link(self, ceiling_s: float) -> None:
+        """Wait until the uplink says its link is back, or the backoff ceiling passes."""
+        probe = asyncio.create_task(self.uplink.link_up(), name=f"link-up:{self.uplink.name}")
+        try:
+            deadline = time.monotonic() + ceiling_s
+            while not probe.done() and not self._stopping.is_set() and time.monotonic() < deadline:
+                self._beat()
+                await asyncio.wait({probe}, timeout=min(BEAT_EVERY_S, max(0.0, deadline - time.monotonic())))
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+
     async def _wait_for_data(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=BEAT_EVERY_S)
@@ -79,13 +98,25 @@ class SyncWorker:
             if batch is None:
                 await self._wait_for_data()
                 continue
+            if not batch.readings:  # everything scanned was filtered out for this destination
+                await self.store.ack(batch)
+                continue
+            payload = encode_gzip(self.gateway_id, batch.readings)
+            if self._bucket is not None:
+                await self._pause(self._bucket.delay_for(len(payload)))
+                if self._stopping.is_set():
+                    break
             self.live.last_attempt_ts = time.time()
             try:
-                await self.uplink.send(batch)
+                await self.uplink.send(batch, payload)
             except UplinkRetryLater as exc:
                 delay = exc.retry_after_s if exc.retry_after_s is not None else self._backoff.next_delay()
-                self._problem(f"{exc}; retrying in {delay:.1f} s", logging.WARNING)
-                await self._pause(delay)
+                if exc.link_down:
+                    self._problem(f"{exc}; sending resumes when the link is back", logging.WARNING)
+                    await self._wait_link(delay)
+                else:
+                    self._problem(f"{exc}; retrying in {delay:.1f} s", logging.WARNING)
+                    await self._pause(delay)
                 continue
             except UplinkRejected as exc:
                 self._problem(
@@ -95,6 +126,8 @@ class SyncWorker:
                 )
                 await self._pause(self.rejected_retry_s)
                 continue
+            if self._bucket is not None:
+                self._bucket.spend(len(payload))
             await self.store.ack(batch)
             self._backoff.reset()
             if self._last_problem is not None:
@@ -105,6 +138,7 @@ class SyncWorker:
             live.last_success_ts = time.time()
             live.batches_sent += 1
             live.readings_sent += len(batch.readings)
+            live.bytes_sent += len(payload)
 
     def _problem(self, text: str, level: int) -> None:
         """Record a failure; log it only when it differs from the last one (no storms)."""

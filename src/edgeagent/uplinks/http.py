@@ -8,17 +8,23 @@ never dropped, because a fix on the receiving side must still find the data here
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
+import random
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from edgeagent.config import HttpUplinkConfig
 from edgeagent.errors import UplinkRejected, UplinkRetryLater
 from edgeagent.store import Batch
-from edgeagent.sync.senml import CONTENT_TYPE, encode_gzip
+from edgeagent.sync.senml import CONTENT_TYPE
 
 MAX_RETRY_AFTER_S = 3600.0
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 3.0
 MAX_ERROR_BODY_CHARS = 500
 
 
@@ -37,6 +43,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(delta, 0.0), MAX_RETRY_AFTER_S)
 
 
+def redact_url(url: str) -> str:
+    """A URL without user info or query, so credentials never reach a page or a log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def idempotency_key(gateway_id: str, batch: Batch) -> str:
     """(gateway, first seq, last seq): the same batch sent twice has the same key."""
     return f"{gateway_id}:{batch.first_seq}-{batch.last_seq}"
@@ -46,7 +61,10 @@ class HttpUplink:
     def __init__(self, cfg: HttpUplinkConfig, gateway_id: str) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self.target = str(cfg.url)
+        self._url = str(cfg.url)
+        self.target = redact_url(self._url)
+        self._host = cfg.url.host or "localhost"
+        self._port = cfg.url.port or (443 if cfg.url.scheme == "https" else 80)
         self.gateway_id = gateway_id
         self._session: aiohttp.ClientSession | None = None
         self._auth: str | None = None
@@ -57,18 +75,33 @@ class HttpUplink:
             if not token:
                 raise UplinkRejected(0, f"token file {self.cfg.token_file} is empty")
             self._auth = f"Bearer {token}"
-        timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s, sock_connect=min(self.cfg.timeout_s, 10))
-        self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
+        self._session = self._new_session()
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def send(self, batch: Batch) -> None:
+    def _new_session(self) -> aiohttp.ClientSession:
+        timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s, sock_connect=min(self.cfg.timeout_s, 10))
+        return aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
+
+    async def link_up(self) -> None:
+        """Probe the receiver's TCP port (about once a second, jittered) until it accepts."""
+        while True:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), PROBE_TIMEOUT_S)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(random.uniform(0.5, 1.5) * PROBE_INTERVAL_S)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+    async def send(self, batch: Batch, payload: bytes) -> None:
         if self._session is None:
             raise UplinkRetryLater("uplink not started")
-        body = encode_gzip(self.gateway_id, batch.readings)
         headers = {
             "Content-Type": CONTENT_TYPE,
             "Content-Encoding": "gzip",
@@ -82,14 +115,19 @@ class HttpUplink:
         if self._auth:
             headers["Authorization"] = self._auth
         try:
-            async with self._session.post(self.target, data=body, headers=headers) as resp:
+            async with self._session.post(self._url, data=payload, headers=headers) as resp:
                 status = resp.status
                 if 200 <= status < 300:
                     return
                 text = (await resp.text(errors="replace"))[:MAX_ERROR_BODY_CHARS]
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except TimeoutError as exc:
+            # The connection may look open while nothing comes back: rebuild the client.
+            await self._session.close()
+            self._session = self._new_session()
             raise UplinkRetryLater(f"no answer within {self.cfg.timeout_s:g} s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UplinkRetryLater(f"cannot connect: {exc.os_error}", link_down=True) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UplinkRetryLater(f"{type(exc).__name__}: {exc}") from exc
         if status in (408, 429) or status >= 500:

@@ -6,7 +6,6 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -24,15 +23,6 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-
-def redact_url(url: str) -> str:
-    """A URL without user info, so credentials never reach the page."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _age(now: float, ts: float | None) -> float | None:
@@ -79,7 +69,7 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                 {
                     "name": u.name,
                     "kind": u.kind,
-                    "target": redact_url(u.target),
+                    "target": u.target,
                     "last_result": u.last_result,
                     "last_attempt_age_s": _age(now, u.last_attempt_ts),
                     "last_success_age_s": _age(now, u.last_success_ts),
