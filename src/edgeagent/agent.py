@@ -28,7 +28,7 @@ from edgeagent.health import Heartbeats
 from edgeagent.live import DeviceLive, DeviceState, Live, UplinkLive
 from edgeagent.model import Priority, Reading
 from edgeagent.notify import Notifier, watchdog_interval_s
-from edgeagent.store import Store
+from edgeagent.store import Budget, DestinationFilter, Store
 from edgeagent.sync.worker import SyncWorker
 from edgeagent.transports.modbus import ModbusTcpTransport
 from edgeagent.uplinks import make_uplink
@@ -77,7 +77,8 @@ class Agent:
         async with AsyncExitStack() as stack:
             store = Store(
                 site.gateway.state_dir / STORE_FILE,
-                destinations=[u.name for u in site.uplinks],
+                destinations=destination_filters(site),
+                budgets=store_budgets(site),
                 commit_interval_ms=site.store.commit_interval_ms,
                 commit_max_readings=site.store.commit_max_readings,
                 max_pending_readings=site.store.max_pending_readings,
@@ -223,6 +224,27 @@ class Agent:
                 log.error("not pinging the watchdog: %s stopped checking in", ", ".join(stale))
             reported = stale
             await asyncio.sleep(interval_s)
+
+
+def destination_filters(site: SiteConfig) -> dict[str, DestinationFilter]:
+    """Each uplink's share: its priority classes, and the devices carrying one of its tags."""
+    filters = {}
+    for up in site.uplinks:
+        classes = frozenset(Priority[name.upper()] for name in up.classes)
+        devices = None
+        if up.device_tags:
+            wanted = set(up.device_tags)
+            devices = frozenset(d.id for d in site.devices if wanted & set(d.tags))
+        filters[up.name] = DestinationFilter(classes=classes, devices=devices)
+    return filters
+
+
+def store_budgets(site: SiteConfig) -> dict[Priority, Budget]:
+    cfg = site.store
+    return {
+        prio: Budget(b.max_bytes, b.policy, b.thin_keep_every)
+        for prio, b in ((Priority.ALARM, cfg.alarm), (Priority.EVENT, cfg.event), (Priority.TELEMETRY, cfg.telemetry))
+    }
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:

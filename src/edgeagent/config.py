@@ -30,12 +30,26 @@ class GatewayConfig(_Strict):
     state_dir: Path = Path("/var/lib/edgeagent")
 
 
+MIB = 1024 * 1024
+
+
+class ClassBudget(_Strict):
+    """The bytes one priority class may use in the buffer, and what to do when it is full."""
+
+    max_bytes: int = Field(ge=64 * 1024, le=1 << 40)
+    policy: Literal["drop_oldest", "thin", "reject_new"]
+    thin_keep_every: int = Field(default=2, ge=2, le=100, description="with policy thin: keep every n-th old reading")
+
+
 class StoreConfig(_Strict):
-    """The local buffer: commits are batched to spare the SD card."""
+    """The local buffer: commits are batched to spare the SD card; each class has a budget."""
 
     commit_interval_ms: int = Field(default=1000, gt=0, le=60_000)
     commit_max_readings: int = Field(default=1000, gt=0, le=100_000)
     max_pending_readings: int = Field(default=100_000, ge=1000, le=10_000_000)
+    alarm: ClassBudget = ClassBudget(max_bytes=16 * MIB, policy="reject_new")
+    event: ClassBudget = ClassBudget(max_bytes=32 * MIB, policy="drop_oldest")
+    telemetry: ClassBudget = ClassBudget(max_bytes=256 * MIB, policy="drop_oldest")
 
 
 class WebConfig(_Strict):

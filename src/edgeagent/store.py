@@ -29,12 +29,13 @@ Shape, and why:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,16 +57,47 @@ TABLES: dict[Priority, str] = {
 }
 SCHEMA_VERSION = 1
 PRUNE_CHUNK_ROWS = 20_000
+PRUNE_EVERY_S = 2.0
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
+PAGE_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationFilter:
+    """What one destination receives: some priority classes, optionally only some devices."""
+
+    classes: frozenset[Priority] = frozenset(Priority)
+    devices: frozenset[str] | None = None  # None: every device
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Bytes a class may use, and the policy when it is full."""
+
+    max_bytes: int
+    policy: str  # "drop_oldest" | "thin" | "reject_new"
+    thin_keep_every: int = 2
+
+
+DEFAULT_BUDGETS: dict[Priority, Budget] = {
+    Priority.ALARM: Budget(16 << 20, "reject_new"),
+    Priority.EVENT: Budget(32 << 20, "drop_oldest"),
+    Priority.TELEMETRY: Budget(256 << 20, "drop_oldest"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Readings of one class, in sequence order, for one destination."""
+    """Readings of one class, in sequence order, for one destination.
+
+    ``scanned_to`` is the last sequence number examined: with a device filter some rows
+    are skipped, and the cursor moves past them too once the batch is acknowledged.
+    """
 
     destination: str
     priority: Priority
     readings: list[StoredReading]
+    scanned_to: int
 
     @property
     def first_seq(self) -> int:
@@ -87,6 +119,7 @@ class StoreStats:
     committed_total: int
     unsent: dict[str, int]
     oldest_unsent_ts: dict[str, float | None]
+    class_bytes: dict[str, int]
     dropped: dict[str, dict[str, int]]
     last_error: str | None
     moved_aside: str | None
@@ -146,18 +179,61 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [_migrate_v1]
 
 
+# Estimated bytes a row takes in its table: the cell (pointer, sizes, header, ts, series)
+# plus the variable parts, times a factor for page headers, fill and interior pages.
+ROW_FIXED_BYTES = 16
+PAGE_FACTOR = 1.08
+DEFAULT_ROW_BYTES = 30.0
+# When a class is full, free this share of its budget beyond what the batch needs, so
+# a full class does not delete a few rows on every single commit.
+BUDGET_SLACK = 0.02
+
+
+def _int_bytes(v: int) -> int:
+    """Bytes SQLite (record format 4) takes for an integer column value."""
+    a = -v - 1 if v < 0 else v
+    if v in (0, 1):
+        return 0
+    if a < 1 << 7:
+        return 1
+    if a < 1 << 15:
+        return 2
+    if a < 1 << 23:
+        return 3
+    if a < 1 << 31:
+        return 4
+    return 6 if a < 1 << 47 else 8
+
+
+def _row_bytes(seq: int, stored: int | float | None, flags: int) -> int:
+    cost = ROW_FIXED_BYTES + (1 if seq < 1 << 7 else 2 if seq < 1 << 14 else 3 if seq < 1 << 21 else 4)
+    if stored is not None:
+        cost += 8 if type(stored) is float else _int_bytes(stored)  # type: ignore[arg-type]
+    return cost + (1 if flags > 1 else 0)
+
+
 class _Core:
     """The synchronous store; every method runs on the store's single thread."""
 
-    def __init__(self, path: Path, destinations: Sequence[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        destinations: Mapping[str, DestinationFilter],
+        budgets: Mapping[Priority, Budget] | None = None,
+    ) -> None:
         self.path = path
+        self.filters = dict(destinations)
         self.destinations = list(destinations)
+        self.budgets = dict(budgets or DEFAULT_BUDGETS)
         self.conn: sqlite3.Connection | None = None
         self.series: dict[tuple[str, str, str], int] = {}
         self.series_by_id: dict[int, tuple[str, str, str]] = {}
         self.last_seq = 0
         self.cursors: dict[tuple[str, Priority], int] = {}
         self.unsent: dict[tuple[str, Priority], int] = {}
+        self.rows: dict[Priority, int] = dict.fromkeys(TABLES, 0)
+        self.bytes: dict[Priority, float] = dict.fromkeys(TABLES, 0.0)
+        self.dropped: dict[str, dict[str, int]] = {}
         self.moved_aside: str | None = None
 
     # -- opening -------------------------------------------------------------------
@@ -186,7 +262,11 @@ class _Core:
         if mode != "wal":
             raise sqlite3.DatabaseError(f"cannot enable WAL (journal_mode={mode})")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
+        # Keep the WAL small next to the budgets (a small budget must mean a small footprint).
+        total = sum(b.max_bytes for b in self.budgets.values())
+        wal_pages = max(64, min(1000, total // PAGE_BYTES // 16))
+        conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+        conn.execute(f"PRAGMA journal_size_limit = {min(WAL_LIMIT_BYTES, wal_pages * PAGE_BYTES * 2)}")
         db = sqlite_utils.Database(conn)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for step, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -210,23 +290,31 @@ class _Core:
         for sid, device, point, unit in conn.execute("SELECT id, device, point, unit FROM series"):
             self.series[(device, point, unit)] = sid
             self.series_by_id[sid] = (device, point, unit)
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
         # meta holds the counter as of the last deletion; the tables hold anything newer.
-        last = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
-        for table in TABLES.values():
-            top = conn.execute(f"SELECT max(seq) FROM {table}").fetchone()[0]
+        last = meta.get("last_seq", 0)
+        for prio, table in TABLES.items():
+            top, count = conn.execute(f"SELECT max(seq), count(*) FROM {table}").fetchone()
             last = max(last, top or 0)
+            self.rows[prio] = count
+            per_row = meta.get(f"row_millibytes:{prio.name.lower()}", DEFAULT_ROW_BYTES * 1000) / 1000
+            self.bytes[prio] = count * per_row
         self.last_seq = last
+        for key, value in meta.items():
+            if key.startswith("dropped:"):
+                _, cls, reason = key.split(":", 2)
+                self.dropped.setdefault(cls, {})[reason] = value
         stored = {(d, Priority(p)): s for d, p, s in conn.execute("SELECT destination, priority, seq FROM cursors")}
-        for dest in self.destinations:
+        for dest, filt in self.filters.items():
             for prio, table in TABLES.items():
-                cursor = stored.get((dest, prio))
-                if cursor is None:
-                    # A new destination starts from what is still buffered.
-                    cursor = 0
+                # A new destination starts from what is still buffered.
+                cursor = stored.get((dest, prio), 0)
                 self.cursors[(dest, prio)] = cursor
-                self.unsent[(dest, prio)] = conn.execute(
-                    f"SELECT count(*) FROM {table} WHERE seq > ?", (cursor,)
-                ).fetchone()[0]
+                self.unsent[(dest, prio)] = (
+                    conn.execute(f"SELECT count(*) FROM {table} WHERE seq > ?", (cursor,)).fetchone()[0]
+                    if prio in filt.classes
+                    else 0
+                )
 
     def _conn(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -235,15 +323,51 @@ class _Core:
 
     # -- writing -------------------------------------------------------------------
 
+    def _reject_over_budget(self, readings: Sequence[Reading]) -> tuple[list[Reading], dict[Priority, int]]:
+        """Drop the newest readings of full ``reject_new`` classes before numbering."""
+        rejected: dict[Priority, int] = {}
+        for prio, budget in self.budgets.items():
+            if budget.policy != "reject_new":
+                continue
+            incoming = sum(1 for r in readings if r.priority == prio)
+            if not incoming:
+                continue
+            per_row = self._per_row(prio)
+            room = max(0, int((budget.max_bytes - self.bytes[prio]) / per_row))
+            if incoming > room:
+                rejected[prio] = incoming - room
+        if not rejected:
+            return list(readings), rejected
+        keep_left = {p: sum(1 for r in readings if r.priority == p) - n for p, n in rejected.items()}
+        kept = []
+        for r in readings:
+            left = keep_left.get(r.priority)
+            if left is None:
+                kept.append(r)
+            elif left > 0:
+                kept.append(r)
+                keep_left[r.priority] = left - 1
+        return kept, rejected
+
+    def _per_row(self, prio: Priority) -> float:
+        rows = self.rows[prio]
+        return self.bytes[prio] / rows if rows else DEFAULT_ROW_BYTES * PAGE_FACTOR
+
     def commit(self, readings: Sequence[Reading]) -> int:
-        """Commit readings in one transaction; return the last sequence number given."""
+        """Commit readings in one transaction; return the last sequence number given.
+
+        Full classes are handled here, inside the same transaction, so the buffer never
+        exceeds its budgets by more than this one batch.
+        """
         conn = self._conn()
+        kept, rejected = self._reject_over_budget(readings)
         new_series: dict[tuple[str, str, str], int] = {}
         rows: dict[Priority, list[tuple[int, int, int, int | float | None, int]]] = {p: [] for p in TABLES}
+        cost: dict[Priority, float] = dict.fromkeys(TABLES, 0.0)
         seq = self.last_seq
         next_sid = max(self.series_by_id, default=0) + 1
         series = self.series
-        for r in readings:
+        for r in kept:
             key = (r.device, r.point, r.unit)
             sid = series.get(key) or new_series.get(key)
             if sid is None:
@@ -251,13 +375,20 @@ class _Core:
                 next_sid += 1
             seq += 1
             stored, decimals = encode_value(r.value)
-            rows[r.priority].append((seq, round(r.ts * 1000), sid, stored, r.quality | decimals << _DECIMAL_SHIFT))
+            flags = r.quality | decimals << _DECIMAL_SHIFT
+            rows[r.priority].append((seq, round(r.ts * 1000), sid, stored, flags))
+            cost[r.priority] += _row_bytes(seq, stored, flags)
         has_alarm = bool(rows[Priority.ALARM])
+        freed: dict[Priority, tuple[str, list[int], int]] = {}
         try:
             if has_alarm:
                 conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
             try:
+                for prio, budget in self.budgets.items():
+                    need = self.bytes[prio] + cost[prio] * PAGE_FACTOR - budget.max_bytes
+                    if need > 0 and budget.policy != "reject_new" and self.rows[prio]:
+                        freed[prio] = self._make_room(prio, budget, need)
                 if new_series:
                     conn.executemany(
                         "INSERT INTO series(id, device, point, unit) VALUES (?, ?, ?, ?)",
@@ -269,6 +400,14 @@ class _Core:
                             f"INSERT INTO {TABLES[prio]}(seq, ts_ms, series, value, flags) VALUES (?, ?, ?, ?, ?)",
                             batch,
                         )
+                drops = [(p, "rejected_full", n) for p, n in rejected.items()]
+                drops += [(p, reason, len(seqs)) for p, (reason, seqs, _) in freed.items() if seqs]
+                for prio, reason, n in drops:
+                    conn.execute(
+                        "INSERT INTO meta(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                        (f"dropped:{prio.name.lower()}:{reason}", n),
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -278,27 +417,114 @@ class _Core:
         finally:
             if has_alarm:
                 conn.execute("PRAGMA synchronous = NORMAL")
+        # The transaction is durable: now update what is kept in memory.
         for key, sid in new_series.items():
             series[key] = sid
             self.series_by_id[sid] = key
         self.last_seq = seq
-        for (dest, prio), _ in self.unsent.items():
-            self.unsent[(dest, prio)] += len(rows[prio])
+        for prio, (reason, seqs, removed_rows) in freed.items():
+            per_row = self._per_row(prio)
+            self.rows[prio] -= removed_rows
+            self.bytes[prio] = max(0.0, self.bytes[prio] - removed_rows * per_row)
+            self._forget_unsent(prio, seqs)
+            if seqs:
+                self._count_drop(prio, reason, len(seqs))
+        for prio, n in rejected.items():
+            self._count_drop(prio, "rejected_full", n)
+        for prio, batch in rows.items():
+            self.rows[prio] += len(batch)
+            self.bytes[prio] += cost[prio] * PAGE_FACTOR
+        for (dest, prio), _ in list(self.unsent.items()):
+            if prio in self.filters[dest].classes:
+                self.unsent[(dest, prio)] += len(rows[prio])
         return seq
+
+    def _make_room(self, prio: Priority, budget: Budget, need: float) -> tuple[str, list[int], int]:
+        """Free at least ``need`` bytes of a full class, by its policy.
+
+        Returns (drop reason, the dropped sequence numbers, rows removed from the table).
+        Acknowledged rows go first (nothing is lost); then the policy decides.
+        """
+        conn = self._conn()
+        table = TABLES[prio]
+        per_row = self._per_row(prio)
+        want = int(need / per_row) + 1 + int(budget.max_bytes * BUDGET_SLACK / per_row)
+        floor = self._ack_floor(prio)
+        acked = [
+            s
+            for (s,) in conn.execute(
+                f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE seq <= ? ORDER BY seq LIMIT ?) "
+                "RETURNING seq",
+                (floor, want),
+            )
+        ]
+        want -= len(acked)
+        if want <= 0:
+            return "acknowledged", [], len(acked)
+        if budget.policy == "drop_oldest":
+            dropped = [
+                s
+                for (s,) in conn.execute(
+                    f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} ORDER BY seq LIMIT ?) RETURNING seq",
+                    (want,),
+                )
+            ]
+            return "drop_oldest", sorted(dropped), len(acked) + len(dropped)
+        # thin: of the oldest readings, keep every n-th. The region is rewritten (deleted and
+        # the survivors inserted again under their own numbers) so its pages stay dense.
+        n = budget.thin_keep_every
+        region_rows = want * n // (n - 1) + 1
+        region = conn.execute(
+            f"SELECT seq, ts_ms, series, value, flags FROM {table} ORDER BY seq LIMIT ?", (region_rows,)
+        ).fetchall()
+        if not region:
+            return "thinned", [], len(acked)
+        survivors = region[::n]
+        keep = {row[0] for row in survivors}
+        conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (region[-1][0],))
+        conn.executemany(f"INSERT INTO {table}(seq, ts_ms, series, value, flags) VALUES (?, ?, ?, ?, ?)", survivors)
+        dropped = [row[0] for row in region if row[0] not in keep]
+        return "thinned", dropped, len(acked) + len(dropped)
+
+    def _ack_floor(self, prio: Priority) -> int:
+        """Highest seq of a class that every destination sending that class has acknowledged."""
+        cursors = [self.cursors[(d, prio)] for d, f in self.filters.items() if prio in f.classes]
+        if not cursors:
+            return self.last_seq if self.filters else 0
+        return min(cursors)
+
+    def _forget_unsent(self, prio: Priority, dropped: list[int]) -> None:
+        for dest, filt in self.filters.items():
+            if prio in filt.classes:
+                cursor = self.cursors[(dest, prio)]
+                gone = len(dropped) - bisect.bisect_right(dropped, cursor)
+                self.unsent[(dest, prio)] = max(0, self.unsent[(dest, prio)] - gone)
+
+    def _count_drop(self, prio: Priority, reason: str, n: int) -> None:
+        per = self.dropped.setdefault(prio.name.lower(), {})
+        per[reason] = per.get(reason, 0) + n
 
     # -- reading for sync ----------------------------------------------------------
 
     def read_batch(self, destination: str, limit: int) -> Batch | None:
         """The next batch for a destination: alarms first, then events, then telemetry."""
         conn = self._conn()
+        filt = self.filters[destination]
         for prio, table in TABLES.items():
+            if prio not in filt.classes:
+                continue
             cursor = self.cursors[(destination, prio)]
             rows = conn.execute(
                 f"SELECT seq, ts_ms, series, value, flags FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
                 (cursor, limit),
             ).fetchall()
-            if rows:
-                return Batch(destination, prio, [self._stored(prio, *row) for row in rows])
+            if not rows:
+                continue
+            scanned_to = rows[-1][0]
+            if filt.devices is not None:
+                devices, by_id = filt.devices, self.series_by_id
+                rows = [r for r in rows if by_id[r[2]][0] in devices]
+            return Batch(destination, prio, [self._stored(prio, *r) for r in rows], scanned_to=scanned_to)
         return None
 
     def _stored(
@@ -308,26 +534,26 @@ class _Core:
         quality = Quality(flags & ((1 << _DECIMAL_SHIFT) - 1))
         return StoredReading(seq, device, point, ts_ms / 1000, decode_value(stored, flags), unit, quality, prio)
 
-    def ack(self, destination: str, priority: Priority, last_seq: int, count: int) -> None:
-        """Advance a destination's cursor past an acknowledged batch."""
+    def ack(self, destination: str, priority: Priority, scanned_to: int, count: int) -> None:
+        """Advance a destination's cursor past an acknowledged (or wholly filtered) batch."""
         conn = self._conn()
         key = (destination, priority)
-        if last_seq <= self.cursors[key]:
+        if scanned_to <= self.cursors[key]:
             return
         try:
             conn.execute(
                 "INSERT INTO cursors(destination, priority, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT(destination, priority) DO UPDATE SET seq = excluded.seq",
-                (destination, int(priority), last_seq),
+                (destination, int(priority), scanned_to),
             )
         except sqlite3.OperationalError as exc:
             raise _translate(exc) from exc
-        self.cursors[key] = last_seq
+        self.cursors[key] = scanned_to
         self.unsent[key] = max(0, self.unsent[key] - count)
 
     def prune(self) -> int:
         """Delete rows every destination has acknowledged; return how many."""
-        if not self.destinations:
+        if not self.filters:
             return 0
         conn = self._conn()
         deleted = 0
@@ -335,14 +561,18 @@ class _Core:
         # sequence number be handed out again.
         conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq' AND value < ?", (self.last_seq, self.last_seq))
         for prio, table in TABLES.items():
-            floor = min(self.cursors[(d, prio)] for d in self.destinations)
+            floor = self._ack_floor(prio)
+            per_row = self._per_row(prio)
             while True:
                 cur = conn.execute(
                     f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE seq <= ? ORDER BY seq LIMIT ?)",
                     (floor, PRUNE_CHUNK_ROWS),
                 )
-                deleted += cur.rowcount
-                if cur.rowcount < PRUNE_CHUNK_ROWS:
+                n = cur.rowcount
+                deleted += n
+                self.rows[prio] -= n
+                self.bytes[prio] = max(0.0, self.bytes[prio] - n * per_row)
+                if n < PRUNE_CHUNK_ROWS:
                     break
         return deleted
 
@@ -352,6 +582,8 @@ class _Core:
         conn = self._conn()
         oldest: float | None = None
         for prio, table in TABLES.items():
+            if prio not in self.filters[destination].classes:
+                continue
             row = conn.execute(
                 f"SELECT ts_ms FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1",
                 (self.cursors[(destination, prio)],),
@@ -380,6 +612,12 @@ class _Core:
     def close(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(sqlite3.Error):
+                for prio in TABLES:
+                    if self.rows[prio]:
+                        self.conn.execute(
+                            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                            (f"row_millibytes:{prio.name.lower()}", int(self._per_row(prio) * 1000)),
+                        )
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._close_quietly()
 
@@ -415,18 +653,26 @@ class Store:
         self,
         path: Path,
         *,
-        destinations: Iterable[str] = (),
+        destinations: Mapping[str, DestinationFilter] | Iterable[str] = (),
+        budgets: Mapping[Priority, Budget] | None = None,
         commit_interval_ms: int = 1000,
         commit_max_readings: int = 1000,
         max_pending_readings: int = 100_000,
         beat: Any = None,
     ) -> None:
         self.path = path
-        self.destinations = list(destinations)
+        filters = (
+            dict(destinations)
+            if isinstance(destinations, Mapping)
+            else {name: DestinationFilter() for name in destinations}
+        )
+        self.destinations = list(filters)
         self.commit_interval_s = commit_interval_ms / 1000
         self.commit_max_readings = commit_max_readings
         self.max_pending_readings = max_pending_readings
-        self._core = _Core(path, self.destinations)
+        self._core = _Core(path, filters, budgets)
+        self._acked_since_prune = False
+        self._last_prune = 0.0
         self._executor: ThreadPoolExecutor | None = None
         self._pending: deque[Reading] = deque()
         self._wake = asyncio.Event()
@@ -520,6 +766,10 @@ class Store:
             self._wake.clear()
             try:
                 await self.flush()
+                if self._acked_since_prune and time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
+                    self._acked_since_prune = False
+                    self._last_prune = time.monotonic()
+                    await self.prune()
             except StoreError as exc:
                 # Keep the readings pending, count nothing lost yet, and try again.
                 if self._counters.last_error != str(exc):
@@ -548,10 +798,14 @@ class Store:
         return await self._run(self._core.read_batch, destination, limit)
 
     async def ack(self, batch: Batch) -> None:
-        await self._run(self._core.ack, batch.destination, batch.priority, batch.last_seq, len(batch.readings))
+        await self._run(self._core.ack, batch.destination, batch.priority, batch.scanned_to, len(batch.readings))
+        self._acked_since_prune = True
 
     async def prune(self) -> int:
-        return await self._run(self._core.prune)
+        try:
+            return int(await self._run(self._core.prune))
+        except sqlite3.OperationalError as exc:
+            raise _translate(exc) from exc
 
     async def all_readings(self) -> list[StoredReading]:
         return await self._run(self._core.all_readings)
@@ -567,14 +821,24 @@ class Store:
             committed_total=self._counters.committed_total,
             unsent={d: sum(core.unsent[(d, p)] for p in TABLES) for d in self.destinations},
             oldest_unsent_ts=oldest,
-            dropped={k: dict(v) for k, v in self._counters.dropped.items()},
+            class_bytes={p.name.lower(): int(core.bytes[p]) for p in TABLES},
+            dropped=_merge_counts(core.dropped, self._counters.dropped),
             last_error=self._counters.last_error,
             moved_aside=core.moved_aside,
         )
 
 
-def open_core_for_bench(path: Path) -> _Core:
+def _merge_counts(*parts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for cls, reasons in part.items():
+            for reason, n in reasons.items():
+                out.setdefault(cls, {})[reason] = out.setdefault(cls, {}).get(reason, 0) + n
+    return out
+
+
+def open_core_for_bench(path: Path, budgets: Mapping[Priority, Budget] | None = None) -> _Core:
     """The synchronous core alone, for benchmarks that measure the store without a loop."""
-    core = _Core(path, [])
+    core = _Core(path, {}, budgets)
     core.open()
     return core
