@@ -7,14 +7,33 @@ relative to the config file's folder, so a config means the same wherever it is 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgeagent.errors import ConfigError, ConfigProblem
-from edgeagent.profiles import Profile, format_validation_error, load_profile, read_toml
+from edgeagent.profiles import (
+    Profile,
+    PwdProfile,
+    RadarProfile,
+    SerialProfile,
+    SerialSettings,
+    format_validation_error,
+    load_profile,
+    read_toml,
+)
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
@@ -60,7 +79,23 @@ class WebConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
 
 
-class ModbusTcpBus(_Strict):
+Parity = Literal["N", "E", "O"]
+
+
+class _Reconnecting(_Strict):
+    """A bus that is opened (dialled, or its port or adapter opened) again after a failure."""
+
+    reconnect_min_ms: int = Field(default=500, gt=0, le=600_000)
+    reconnect_max_ms: int = Field(default=30_000, gt=0, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _backoff(self) -> _Reconnecting:
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ValueError("reconnect_max_ms must be >= reconnect_min_ms")
+        return self
+
+
+class ModbusTcpBus(_Reconnecting):
     """A Modbus TCP endpoint (a device, or an RS-485 gateway serving several unit ids)."""
 
     name: Ident
@@ -68,17 +103,62 @@ class ModbusTcpBus(_Strict):
     host: str = Field(min_length=1)
     port: int = Field(default=502, ge=1, le=65535)
     timeout_ms: int = Field(default=1000, gt=0, le=60_000)
-    reconnect_min_ms: int = Field(default=500, gt=0, le=600_000)
-    reconnect_max_ms: int = Field(default=30_000, gt=0, le=3_600_000)
-
-    @model_validator(mode="after")
-    def _backoff(self) -> ModbusTcpBus:
-        if self.reconnect_max_ms < self.reconnect_min_ms:
-            raise ValueError("reconnect_max_ms must be >= reconnect_min_ms")
-        return self
+    inter_frame_ms: float = Field(default=0, ge=0, le=10_000, description="pause between two transactions")
+    close_after_poll: bool = Field(default=False, description="drop the connection after every poll (device quirk)")
 
 
-BusConfig = ModbusTcpBus
+class ModbusRtuBus(_Reconnecting):
+    """An RS-485 line on one of this gateway's serial ports: every unit id on it shares one scheduler."""
+
+    name: Ident
+    kind: Literal["modbus_rtu"]
+    port: str = Field(min_length=1, description="e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
+    baudrate: int = Field(default=9600, ge=300, le=4_000_000)
+    bytesize: Literal[7, 8] = 8
+    parity: Parity = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout_ms: int = Field(default=1000, gt=0, le=60_000)
+    inter_frame_ms: float | None = Field(
+        default=None, ge=0, le=10_000, description="silence between transactions; default 3.5 characters"
+    )
+
+
+class SerialBus(_Reconnecting):
+    """A serial port for a line protocol: polled Vaisala PWD sensors, or one streaming radar.
+
+    Framing left unset comes from the devices' profile (the factory settings).
+    """
+
+    name: Ident
+    kind: Literal["serial"]
+    port: str = Field(min_length=1)
+    baudrate: int | None = Field(default=None, ge=50, le=4_000_000)
+    bytesize: Literal[7, 8] | None = None
+    parity: Parity | None = None
+    stopbits: Literal[1, 2] | None = None
+    inter_frame_ms: float = Field(default=0, ge=0, le=10_000, description="pause between two polls")
+
+
+class BleBus(_Reconnecting):
+    """A Bluetooth LE adapter, scanning passively for advertisements of the devices on it."""
+
+    name: Ident
+    kind: Literal["ble"]
+    adapter: str | None = Field(default=None, pattern=r"^hci[0-9]{1,2}$", description="default: the system's")
+    scanning_mode: Literal["active", "passive"] = "active"
+    watchdog_s: float = Field(
+        default=60.0, gt=0, le=3600, description="no advertisement from anyone for this long: restart scanning"
+    )
+
+
+BusConfig = Annotated[ModbusTcpBus | ModbusRtuBus | SerialBus | BleBus, Field(discriminator="kind")]
+BUS_KINDS_FOR_PROTOCOL: dict[str, tuple[str, ...]] = {
+    "modbus": ("modbus_tcp", "modbus_rtu"),
+    "vaisala_pwd": ("serial",),
+    "ti_mmwave": ("serial",),
+    "bthome": ("ble",),
+    "ruuvi": ("ble",),
+}
 
 
 class AssetConfig(_Strict):
@@ -92,19 +172,50 @@ class AssetConfig(_Strict):
     longitude: float | None = Field(default=None, ge=-180, le=180)
 
 
+_MAC = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
+
+
 class DeviceConfig(_Strict):
-    """A field device: a profile at an address on a bus."""
+    """A field device: a profile at an address on a bus.
+
+    The address is the one its protocol uses: ``unit_id`` for Modbus, ``sensor_id`` for
+    a Vaisala PWD, ``mac`` for BLE; a radar is alone on its port and has none.
+    """
 
     id: Ident
     profile: str = Field(min_length=1)
     bus: str
-    unit_id: int = Field(ge=1, le=247)
+    unit_id: int | None = Field(default=None, ge=1, le=247, description="Modbus unit id")
+    sensor_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,2}$", description="Vaisala PWD id")
+    mac: str | None = Field(default=None, pattern=_MAC, description="BLE address")
+    key: SecretStr | None = Field(default=None, description="BTHome encryption key, 32 hex digits")
+    key_file: Path | None = Field(default=None, description="file holding the BTHome key")
     poll_interval_s: float | None = Field(default=None, gt=0, le=86400)
+    timeout_ms: int | None = Field(default=None, gt=0, le=60_000, description="default: the bus's")
     retries: int = Field(default=1, ge=0, le=5)
     backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
-    offline_after_failures: int = Field(default=3, ge=1, le=100)
+    offline_after_failures: int = Field(default=2, ge=1, le=100)
+    stale_after_s: float | None = Field(default=None, gt=0, le=86400 * 7, description="default: the profile's")
     tags: list[str] = Field(default_factory=list)
     asset: AssetConfig
+
+    @field_validator("mac")
+    @classmethod
+    def _upper_mac(cls, mac: str | None) -> str | None:
+        return mac.upper() if mac else mac
+
+    @field_validator("key")
+    @classmethod
+    def _hex_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not re.fullmatch(r"[0-9A-Fa-f]{32}", key.get_secret_value()):
+            raise ValueError("a BTHome key is 32 hex digits (16 bytes)")
+        return key
+
+    @model_validator(mode="after")
+    def _one_key(self) -> DeviceConfig:
+        if self.key is not None and self.key_file is not None:
+            raise ValueError("give key or key_file, not both")
+        return self
 
 
 PriorityName = Literal["alarm", "event", "telemetry"]
@@ -198,9 +309,9 @@ def _cross_check(file: str, site: SiteConfig) -> tuple[list[ConfigProblem], dict
     ):
         for dup in sorted(_duplicates(names)):
             problems.append(ConfigProblem(file, section, f"duplicate name {dup!r}"))
-    bus_names = {b.name for b in site.buses}
+    buses = {b.name: b for b in site.buses}
     for i, dev in enumerate(site.devices):
-        if dev.bus not in bus_names:
+        if dev.bus not in buses:
             problems.append(ConfigProblem(file, f"devices[{i}].bus", f"no bus named {dev.bus!r}"))
         if dev.profile not in profiles:
             try:
@@ -208,17 +319,87 @@ def _cross_check(file: str, site: SiteConfig) -> tuple[list[ConfigProblem], dict
             except ConfigError as exc:
                 detail = "; ".join(p.message for p in exc.problems)
                 problems.append(ConfigProblem(file, f"devices[{i}].profile", detail))
-    units = [(d.bus, d.unit_id) for d in site.devices]
-    for i, dev in enumerate(site.devices):
-        if units.count((dev.bus, dev.unit_id)) > 1:
-            problems.append(
-                ConfigProblem(
-                    file,
-                    f"devices[{i}].unit_id",
-                    f"unit id {dev.unit_id} used twice on bus {dev.bus!r}",
+                continue
+        if dev.bus in buses:
+            problems += _check_device(file, i, dev, buses[dev.bus], profiles[dev.profile])
+    for key, label in (("unit_id", "unit id"), ("sensor_id", "sensor id"), ("mac", "MAC")):
+        addresses = [(d.bus, getattr(d, key)) for d in site.devices]
+        for i, dev in enumerate(site.devices):
+            value = getattr(dev, key)
+            if value is not None and addresses.count((dev.bus, value)) > 1:
+                problems.append(
+                    ConfigProblem(file, f"devices[{i}].{key}", f"{label} {value} used twice on bus {dev.bus!r}")
                 )
-            )
+    for j, bus in enumerate(site.buses):
+        if isinstance(bus, SerialBus):
+            problems += _check_serial_bus(file, j, bus, site, profiles)
     return problems, profiles
+
+
+_ADDRESS_KEYS = {"modbus": "unit_id", "vaisala_pwd": "sensor_id", "bthome": "mac", "ruuvi": "mac"}
+
+
+def _check_device(file: str, i: int, dev: DeviceConfig, bus: BusConfig, profile: Profile) -> list[ConfigProblem]:
+    """Does this device fit its bus, and does it carry the address its protocol needs (and no other)?"""
+    where = f"devices[{i}]"
+    protocol = profile.protocol
+    kinds = BUS_KINDS_FOR_PROTOCOL[protocol]
+    if bus.kind not in kinds:
+        need = " or ".join(kinds)
+        return [
+            ConfigProblem(
+                file,
+                f"{where}.bus",
+                f"profile {dev.profile!r} speaks {protocol}; bus {bus.name!r} is {bus.kind}, not {need}",
+            )
+        ]
+    problems = []
+    needed = _ADDRESS_KEYS.get(protocol)
+    if needed in ("unit_id", "mac") and getattr(dev, needed) is None:
+        problems.append(ConfigProblem(file, f"{where}.{needed}", f"required for a {protocol} device"))
+    for key in ("unit_id", "sensor_id", "mac"):
+        if key != needed and getattr(dev, key) is not None:
+            problems.append(ConfigProblem(file, f"{where}.{key}", f"not used by a {protocol} device"))
+    if protocol != "bthome":
+        for key in ("key", "key_file"):
+            if getattr(dev, key) is not None:
+                problems.append(ConfigProblem(file, f"{where}.{key}", "only BTHome devices take a key"))
+    if protocol in ("bthome", "ruuvi") and dev.poll_interval_s is not None:
+        problems.append(
+            ConfigProblem(file, f"{where}.poll_interval_s", "BLE devices are not polled; see stale_after_s")
+        )
+    if protocol in ("modbus", "vaisala_pwd") and dev.stale_after_s is not None:
+        problems.append(ConfigProblem(file, f"{where}.stale_after_s", "polled devices go offline by failed polls"))
+    return problems
+
+
+def serial_settings(bus: SerialBus, profile: SerialProfile) -> SerialSettings:
+    """A serial bus's framing: what the bus sets, else the profile's factory settings."""
+    given = {k: getattr(bus, k) for k in ("baudrate", "bytesize", "parity", "stopbits") if getattr(bus, k) is not None}
+    return profile.serial.model_copy(update=given)
+
+
+def _check_serial_bus(
+    file: str, j: int, bus: SerialBus, site: SiteConfig, profiles: dict[str, Profile]
+) -> list[ConfigProblem]:
+    """One protocol per port; a streaming radar has the port to itself; one framing for all."""
+    devices = [d for d in site.devices if d.bus == bus.name and d.profile in profiles]
+    used = [profiles[d.profile] for d in devices]
+    protocols = sorted({p.protocol for p in used})
+    if len(protocols) > 1:
+        return [ConfigProblem(file, f"buses[{j}]", f"one protocol per serial port, got {', '.join(protocols)}")]
+    if protocols == ["ti_mmwave"] and len(devices) > 1:
+        return [ConfigProblem(file, f"buses[{j}]", "a radar streams on its own port: one device only")]
+    framings = {serial_settings(bus, p) for p in used if isinstance(p, PwdProfile | RadarProfile)}
+    if len(framings) > 1:
+        return [
+            ConfigProblem(
+                file,
+                f"buses[{j}]",
+                "the devices' profiles differ in serial settings: set baudrate, bytesize, parity, stopbits",
+            )
+        ]
+    return []
 
 
 def _resolve_paths(site: SiteConfig, base: Path) -> SiteConfig:
@@ -233,7 +414,11 @@ def _resolve_paths(site: SiteConfig, base: Path) -> SiteConfig:
         )
         for u in site.uplinks
     ]
-    return site.model_copy(update={"gateway": gateway, "uplinks": uplinks})
+    devices = [
+        d.model_copy(update={"key_file": (base / d.key_file).resolve()}) if d.key_file is not None else d
+        for d in site.devices
+    ]
+    return site.model_copy(update={"gateway": gateway, "uplinks": uplinks, "devices": devices})
 
 
 def parse_config(data: dict[str, object], *, file: str = "<config>", base: Path | None = None) -> SiteConfig:
@@ -241,7 +426,7 @@ def parse_config(data: dict[str, object], *, file: str = "<config>", base: Path 
     try:
         site = SiteConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(file, exc)) from exc
+        raise ConfigError(format_validation_error(file, exc, data=data)) from exc
     problems, _ = _cross_check(file, site)
     if problems:
         raise ConfigError(problems)
@@ -260,12 +445,16 @@ def profiles_for(site: SiteConfig) -> dict[str, Profile]:
 
 __all__ = [
     "AssetConfig",
+    "BleBus",
     "BusConfig",
     "ConfigError",
     "DeviceConfig",
     "GatewayConfig",
     "HttpUplinkConfig",
+    "ModbusRtuBus",
+    "ModbusTcpBus",
     "MqttUplinkConfig",
+    "SerialBus",
     "SiteConfig",
     "StoreConfig",
     "UplinkConfig",
@@ -273,4 +462,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "profiles_for",
+    "serial_settings",
 ]

@@ -4,7 +4,10 @@ Facts used (Modbus Application Protocol v1.1b3; ../shared/REFERENCE.md):
 - Registers are 16-bit big-endian words. 32-bit values span two registers and come in
   four orders: ABCD (big-endian words, big-endian bytes), CDAB (words swapped, the most
   common "swap"), BADC (bytes swapped within each word), DCBA (fully little-endian).
-- Function 03/04 reads at most 125 registers, 01/02 at most 2000 bits.
+- Function 03/04 reads at most 125 registers, 01/02 at most 2000 bits; 16 writes at
+  most 123 registers, 15 at most 1968 coils.
+- Bit fields: a status register packs flags and small numbers into bits; bit 0 is the
+  least significant bit of the (unsigned) register value.
 
 Read merging: points of one device and function are read in as few requests as
 possible. A gap between two wanted ranges is read through (and discarded) when it is no
@@ -28,6 +31,8 @@ Function = Literal["holding", "input", "coil", "discrete"]
 
 MAX_READ_REGISTERS = 125
 MAX_READ_BITS = 2000
+MAX_WRITE_REGISTERS = 123
+MAX_WRITE_COILS = 1968
 
 _WIDTH: dict[str, int] = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
 _STRUCT: dict[str, str] = {
@@ -71,6 +76,18 @@ def decode_value(registers: Sequence[int], data_type: DataType, word_order: Word
         raw = raw[::-1]
     (value,) = struct.unpack(_STRUCT[data_type], raw)
     return value
+
+
+def value_bits(data_type: DataType) -> int:
+    """Bits a value of ``data_type`` holds (the room a bit field has)."""
+    return 16 * _WIDTH[data_type]
+
+
+def extract_bits(raw: int, first_bit: int, width: int = 1) -> int:
+    """The unsigned number in bits ``first_bit .. first_bit + width - 1`` of ``raw``."""
+    if first_bit < 0 or width < 1:
+        raise DecodeError(f"invalid bit field {first_bit}+{width}")
+    return (raw >> first_bit) & ((1 << width) - 1)
 
 
 def encode_value(value: float, data_type: DataType, word_order: WordOrder = "ABCD") -> list[int]:
