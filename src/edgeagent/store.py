@@ -410,7 +410,9 @@ class _Core:
                     )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (it does on a full disk).
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
             raise _translate(exc) from exc
