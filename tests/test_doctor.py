@@ -363,3 +363,80 @@ async def test_untrusted_certificate(tmp_path: Path, closed_port: int, tls_port:
     assert tls.status is Status.FAIL
     assert tls.detail.startswith("certificate not trusted: self")
     assert "clock" in tls.fix
+
+
+def _mqtt_site_toml(*, state_dir: str, bus_port: int, broker_port: int, login: str = "") -> str:
+    http = _site_toml(state_dir=state_dir, bus_port=bus_port, url="http://127.0.0.1:1/unused")
+    head = http[: http.index("[[uplinks]]")]
+    return (
+        head
+        + f"""[[uplinks]]
+name = "broker"
+kind = "mqtt"
+host = "127.0.0.1"
+port = {broker_port}
+tls = false
+{login}"""
+    )
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[int]:
+    """A real MQTT 5 broker on loopback: anonymous login refused, user "gw" with password "right"."""
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None or not shutil.which("mosquitto_passwd"):
+        pytest.skip("mosquitto is not installed (apt install mosquitto)")
+    passwords = tmp_path / "mosquitto.passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gw", "right"], check=True, capture_output=True)
+    passwords.chmod(0o600)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = tmp_path / "mosquitto.conf"
+    # As root, mosquitto would drop to user "mosquitto", who cannot read pytest's 0700 folders.
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"{stay}listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n")
+    broker = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if broker.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mosquitto did not start: {broker.stderr.read().decode() if broker.stderr else ''}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+        if broker.stderr:
+            broker.stderr.close()
+
+
+async def test_mqtt_login_accepted_and_refused(tmp_path: Path, closed_port: int, mosquitto: int) -> None:
+    password = tmp_path / "broker.password"
+    config = tmp_path / "site.toml"
+
+    async def auth(login: str) -> Check:
+        config.write_text(_mqtt_site_toml(state_dir="state", bus_port=closed_port, broker_port=mosquitto, login=login))
+        return _only(await _diagnose(config), "upstream broker auth")
+
+    password.write_text("right\n")
+    accepted = await auth(f'username = "gw"\npassword_file = "{password}"\n')
+    password.write_text("wrong\n")
+    refused = await auth(f'username = "gw"\npassword_file = "{password}"\n')
+    anonymous = await auth("")
+    assert (accepted.status, accepted.detail) == (Status.OK, "the broker accepted the login")
+    # mosquitto 2 answers a wrong password, and no login at all, with "not authorised".
+    for refusal in (refused, anonymous):
+        assert refusal.status is Status.FAIL
+        assert refusal.detail in ("not authorised (reason 0x87)", "bad user name or password (reason 0x86)")
+        assert "password_file" in refusal.fix
+
+
+async def test_mqtt_port_that_is_not_a_broker(tmp_path: Path, closed_port: int, silent_port: int) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(_mqtt_site_toml(state_dir="state", bus_port=closed_port, broker_port=silent_port))
+    auth = _only(await _diagnose(config, timeout_s=0.5), "upstream broker auth")
+    assert (auth.status, auth.detail) == (Status.FAIL, "no MQTT answer: no answer within 0.5 s")

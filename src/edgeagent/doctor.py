@@ -3,8 +3,12 @@
 The checks, in order: the config; the service user; serial ports; Modbus TCP devices;
 D-Bus and the Bluetooth adapter; the store's folder and free space; the clock; each
 upstream, stage by stage (DNS, TCP, TLS, auth), so the line that fails names the layer
-to look at. Each check prints one line: ``OK``, ``WARN`` or ``FAIL``, what was checked,
-and for a problem the fix. Exit 0 when nothing failed, 1 when something did, 2 when the
+to look at. Auth is tried for real but leaves nothing behind: an HTTP uplink gets an
+empty SenML pack with its token; an MQTT broker gets an MQTT 5 login with a clean start
+under the doctor's own client id, so the running agent's session is not taken over.
+
+Each check prints one line: ``OK``, ``WARN`` or ``FAIL``, what was checked, and for a
+problem the fix. Exit 0 when nothing failed, 1 when something did, 2 when the
 config itself is invalid (as ``check-config``).
 
 Run as root, as an operator does after installing, access is judged for the service
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgeagent.config import HttpUplinkConfig, ModbusTcpBus, SiteConfig, load_config
+from edgeagent.config import HttpUplinkConfig, ModbusTcpBus, MqttUplinkConfig, SiteConfig, load_config
 from edgeagent.errors import ConfigError
 from edgeagent.sync.senml import CONTENT_TYPE
 
@@ -595,33 +599,72 @@ async def check_modbus_bus(bus: ModbusTcpBus, timeout_s: float) -> list[Check]:
     return [_ok(subject, f"connects ({took_ms:.0f} ms)")]
 
 
-def _read_token(up: HttpUplinkConfig, who: Identity) -> tuple[Check | None, str | None]:
-    """The bearer token, or the problem with its file (the agent would not start)."""
-    if up.token_file is None:
-        return None, None
-    path = up.token_file
-    subject = f"upstream {up.name} token file {path}"
-    fix = f"install -m 0640 -g {who.name} /dev/stdin {path} (paste the token, then Ctrl-D)"
+def _check_file(subject: str, path: Path, who: Identity, *, secret: bool) -> tuple[Check, str | None]:
+    """A file the service reads at start (a token, a password, a certificate); its text if ``secret``."""
+    fix = f"install -m 0640 -g {who.name} /dev/stdin {path} (paste it, then Ctrl-D)"
     try:
-        token = path.read_text().strip()
+        text = path.read_text().strip() if secret else ""
         st = path.stat()
-    except OSError as exc:
-        return _fail(subject, f"cannot read: {exc.strerror}", fix), None
-    if not token:
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        return _fail(subject, f"cannot read: {reason}", fix), None
+    if secret and not text:
         return _fail(subject, "is empty", fix), None
     if who.blocked_at(path) is not None or not who.may(st, os.R_OK):
         return _fail(
             subject, f"not readable by {who.name} ({_owner(st)})", f"chgrp {who.name} {path} && chmod 0640 {path}"
         ), None
-    return _ok(subject, f"readable by {who.name}"), token
+    return _ok(subject, f"readable by {who.name}"), text or None
+
+
+async def _reach(
+    name: str, host: str, port: int, tls: ssl.SSLContext | None, timeout_s: float, where: str
+) -> tuple[list[Check], tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
+    """DNS, then TCP, then TLS; stop at the first stage that fails. ``where`` names the config key to fix."""
+    checks: list[Check] = []
+    if _is_ip(host):
+        addresses = [host]
+    else:
+        try:
+            addresses = await _resolve(host, port, timeout_s)
+        except (OSError, TimeoutError) as exc:
+            fix = f"check the host name in {where}, and DNS: resolvectl status or /etc/resolv.conf"
+            return [_fail(f"{name} DNS {host}", f"cannot resolve: {_reason(exc, timeout_s)}", fix)], None
+        checks.append(_ok(f"{name} DNS {host}", ", ".join(addresses[:3])))
+
+    connected = None
+    error: BaseException | None = None
+    for address in addresses[:2]:
+        try:
+            connected = await _connect(address, port, timeout_s)
+            break
+        except (OSError, TimeoutError) as exc:
+            error = exc
+    if connected is None:
+        fix = f"check the route (ip route), firewall, modem/APN, and the port in {where}"
+        detail = f"cannot connect: {_reason(error, timeout_s)}" if error else "no address"
+        return [*checks, _fail(f"{name} TCP {host}:{port}", detail, fix)], None
+    reader, writer, took_ms = connected
+    checks.append(_ok(f"{name} TCP {host}:{port}", f"connects ({took_ms:.0f} ms)"))
+    if tls is not None:
+        try:
+            await asyncio.wait_for(writer.start_tls(tls, server_hostname=host), timeout_s)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            await _close(writer)
+            fix = (
+                "check the clock (certificates are date-checked), the CA (ca-certificates), or a proxy intercepting TLS"
+            )
+            return [*checks, _fail(f"{name} TLS {host}", _reason(exc, timeout_s), fix)], None
+        session = writer.get_extra_info("ssl_object")
+        checks.append(_ok(f"{name} TLS {host}", f"{session.version() if session else 'TLS'}, certificate trusted"))
+    return checks, (reader, writer)
 
 
 def _post_empty_batch(host: str, port: int, path: str, gateway_id: str, token: str | None) -> bytes:
     # An empty SenML pack: valid (RFC 8428), stores nothing, and passes the same auth as a batch.
     body = gzip.compress(b"[]", mtime=0)
-    default = 443 if port == 443 else 80
     host_header = f"[{host}]" if ":" in host else host
-    host_header += "" if port == default else f":{port}"
+    host_header += "" if port in (80, 443) else f":{port}"
     lines = [
         f"POST {path} HTTP/1.1",
         f"Host: {host_header}",
@@ -638,7 +681,7 @@ def _post_empty_batch(host: str, port: int, path: str, gateway_id: str, token: s
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def _judge_status(subject: str, status: int, has_token: bool, url: str) -> Check:
+def _judge_http(subject: str, status: int, has_token: bool, url: str) -> Check:
     if status in (401, 403):
         if has_token:
             return _fail(subject, f"the token was refused (HTTP {status})", "put the current token in the token file")
@@ -654,68 +697,163 @@ def _judge_status(subject: str, status: int, has_token: bool, url: str) -> Check
     return _warn(subject, f"token not refused, but HTTP {status} for an empty batch", f"check the url {url}")
 
 
-async def check_uplink(up: HttpUplinkConfig, gateway_id: str, who: Identity, timeout_s: float) -> list[Check]:
-    """DNS, then TCP, then TLS, then auth: stop at the first stage that fails."""
+async def check_http_uplink(up: HttpUplinkConfig, gateway_id: str, who: Identity, timeout_s: float) -> list[Check]:
+    """The token file, then DNS, TCP, TLS, and an empty batch POSTed with the token."""
     url = str(up.url)
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     name = f"upstream {up.name}"
     checks: list[Check] = []
-    token_check, token = _read_token(up, who)
-    if token_check is not None:
-        checks.append(token_check)
-        if token_check.status is Status.FAIL:
+    token = None
+    if up.token_file is not None:
+        check, token = _check_file(f"{name} token file {up.token_file}", up.token_file, who, secret=True)
+        checks.append(check)
+        if check.status is Status.FAIL:
             return checks
-
-    if _is_ip(host):
-        addresses = [host]
-    else:
-        try:
-            addresses = await _resolve(host, port, timeout_s)
-        except (OSError, TimeoutError) as exc:
-            fix = "check the host name in the url, and DNS: resolvectl status or /etc/resolv.conf"
-            return [*checks, _fail(f"{name} DNS {host}", f"cannot resolve: {_reason(exc, timeout_s)}", fix)]
-        checks.append(_ok(f"{name} DNS {host}", ", ".join(addresses[:3])))
-
-    connected = None
-    error: BaseException | None = None
-    for address in addresses[:2]:
-        try:
-            connected = await _connect(address, port, timeout_s)
-            break
-        except (OSError, TimeoutError) as exc:
-            error = exc
-    if connected is None:
-        assert error is not None
-        fix = "check the route (ip route), firewall, modem/APN, and the port in the url"
-        return [*checks, _fail(f"{name} TCP {host}:{port}", f"cannot connect: {_reason(error, timeout_s)}", fix)]
-    reader, writer, took_ms = connected
-    checks.append(_ok(f"{name} TCP {host}:{port}", f"connects ({took_ms:.0f} ms)"))
-    try:
-        if parts.scheme == "https":
-            try:
-                await asyncio.wait_for(writer.start_tls(ssl.create_default_context(), server_hostname=host), timeout_s)
-            except (OSError, TimeoutError, ssl.SSLError) as exc:
-                fix = "check the clock (certificates are date-checked), ca-certificates, or a proxy intercepting TLS"
-                return [*checks, _fail(f"{name} TLS {host}", _reason(exc, timeout_s), fix)]
-            tls = writer.get_extra_info("ssl_object")
-            checks.append(_ok(f"{name} TLS {host}", f"{tls.version() if tls else 'TLS'}, certificate trusted"))
-        subject = f"{name} auth"
-        request = _post_empty_batch(host, port, parts.path or "/", gateway_id, token)
-        try:
-            writer.write(request)
-            await asyncio.wait_for(writer.drain(), timeout_s)
-            status_line = await asyncio.wait_for(reader.readline(), timeout_s)
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            return [*checks, _fail(subject, f"no HTTP answer: {_reason(exc, timeout_s)}", f"check the url {url}")]
-        fields = status_line.decode("latin-1").split()
-        if len(fields) < 2 or not fields[1].isdigit():
-            return [*checks, _fail(subject, f"not an HTTP answer: {status_line[:60]!r}", f"check the url {url}")]
-        checks.append(_judge_status(subject, int(fields[1]), token is not None, url))
+    tls = ssl.create_default_context() if parts.scheme == "https" else None
+    found, link = await _reach(name, host, port, tls, timeout_s, "the url")
+    checks += found
+    if link is None:
         return checks
+    reader, writer = link
+    subject = f"{name} auth"
+    try:
+        writer.write(_post_empty_batch(host, port, parts.path or "/", gateway_id, token))
+        await asyncio.wait_for(writer.drain(), timeout_s)
+        status_line = await asyncio.wait_for(reader.readline(), timeout_s)
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        return [*checks, _fail(subject, f"no HTTP answer: {_reason(exc, timeout_s)}", f"check the url {url}")]
     finally:
         await _close(writer)
+    fields = status_line.decode("latin-1").split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        return [*checks, _fail(subject, f"not an HTTP answer: {status_line[:60]!r}", f"check the url {url}")]
+    return [*checks, _judge_http(subject, int(fields[1]), token is not None, url)]
+
+
+def _mqtt_string(value: bytes) -> bytes:
+    return len(value).to_bytes(2, "big") + value
+
+
+def _mqtt_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def mqtt_connect_packet(client_id: str, username: str | None, password: str | None, keepalive_s: int = 10) -> bytes:
+    """An MQTT 5 CONNECT with a clean start and no session kept (so the agent's session is untouched)."""
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    variable = _mqtt_string(b"MQTT") + bytes([5, flags]) + keepalive_s.to_bytes(2, "big") + _mqtt_varint(0)
+    payload = _mqtt_string(client_id.encode())
+    if username is not None:
+        payload += _mqtt_string(username.encode())
+    if password is not None:
+        payload += _mqtt_string(password.encode())
+    body = variable + payload
+    return bytes([0x10]) + _mqtt_varint(len(body)) + body
+
+
+# MQTT 5 CONNACK reason codes that mean the configuration is wrong, with the fix.
+MQTT_REFUSALS = {
+    0x84: ("does not speak MQTT 5", "edgeagent needs an MQTT 5 broker (mosquitto >= 1.6, EMQX, HiveMQ)"),
+    0x85: ("refused the client id", "set client_id for this uplink to one the broker accepts"),
+    0x86: ("bad user name or password", "check username and password_file for this uplink"),
+    # mosquitto answers a wrong password with 0x87 too.
+    0x87: ("not authorised", "check username and password_file; if right, ask the broker's operator to allow them"),
+    0x8C: ("wants another authentication method", "ask the broker's operator how gateways log in"),
+}
+
+
+async def _read_connack(reader: asyncio.StreamReader, timeout_s: float) -> tuple[int, int]:
+    """(remaining length, reason code) of the broker's CONNACK."""
+    head = await asyncio.wait_for(reader.readexactly(1), timeout_s)
+    if head[0] >> 4 != 2:
+        raise ValueError(f"packet type {head[0] >> 4} instead of CONNACK")
+    length = shift = 0
+    while True:
+        byte = (await asyncio.wait_for(reader.readexactly(1), timeout_s))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    body = await asyncio.wait_for(reader.readexactly(length), timeout_s)
+    if length < 2:
+        raise ValueError("CONNACK too short")
+    return length, body[1]
+
+
+def _judge_mqtt(subject: str, length: int, code: int) -> Check:
+    if length == 2 and code == 0x01:  # an MQTT 3.1.1 CONNACK: "unacceptable protocol version"
+        return _fail(subject, "the broker speaks only MQTT 3.1.1", MQTT_REFUSALS[0x84][1])
+    if code == 0x00:
+        return _ok(subject, "the broker accepted the login")
+    if code in MQTT_REFUSALS:
+        detail, fix = MQTT_REFUSALS[code]
+        return _fail(subject, f"{detail} (reason 0x{code:02x})", fix)
+    return _warn(subject, f"the broker refused with reason 0x{code:02x}", "ask the broker's operator")
+
+
+async def check_mqtt_uplink(up: MqttUplinkConfig, gateway_id: str, who: Identity, timeout_s: float) -> list[Check]:
+    """The key, certificate and password files, then DNS, TCP, TLS, and an MQTT 5 login."""
+    name = f"upstream {up.name}"
+    checks: list[Check] = []
+    password = None
+    files = [("CA file", up.ca_file, False), ("certificate", up.cert_file, False), ("key", up.key_file, False)]
+    for label, path, secret in [*files, ("password file", up.password_file, True)]:
+        if path is None:
+            continue
+        check, text = _check_file(f"{name} {label} {path}", path, who, secret=secret)
+        checks.append(check)
+        if check.status is Status.FAIL:
+            return checks
+        if secret:
+            password = text
+    tls = None
+    if up.tls:
+        try:
+            tls = ssl.create_default_context(cafile=str(up.ca_file) if up.ca_file else None)
+            if up.cert_file is not None and up.key_file is not None:
+                tls.load_cert_chain(up.cert_file, up.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            fix = "check that ca_file, cert_file and key_file are PEM files that belong together"
+            return [*checks, _fail(f"{name} TLS files", f"cannot load: {_reason(exc, timeout_s)}", fix)]
+    found, link = await _reach(name, up.host, up.port, tls, timeout_s, "host and port")
+    checks += found
+    if link is None:
+        return checks
+    reader, writer = link
+    subject = f"{name} auth"
+    try:
+        writer.write(mqtt_connect_packet(f"edgeagent-doctor-{os.getpid()}", up.username, password))
+        await asyncio.wait_for(writer.drain(), timeout_s)
+        length, code = await _read_connack(reader, timeout_s)
+        if code == 0x00:
+            writer.write(b"\xe0\x00")  # DISCONNECT, normal
+    except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as exc:
+        detail = (
+            "the broker closed the connection"
+            if isinstance(exc, asyncio.IncompleteReadError)
+            else _reason(exc, timeout_s)
+        )
+        fix = "check that host and port are an MQTT 5 broker (8883 with TLS, 1883 without)"
+        return [*checks, _fail(subject, f"no MQTT answer: {detail}", fix)]
+    finally:
+        await _close(writer)
+    return [*checks, _judge_mqtt(subject, length, code)]
+
+
+async def check_uplink(up: Any, gateway_id: str, who: Identity, timeout_s: float) -> list[Check]:
+    if isinstance(up, HttpUplinkConfig):
+        return await check_http_uplink(up, gateway_id, who, timeout_s)
+    if isinstance(up, MqttUplinkConfig):
+        return await check_mqtt_uplink(up, gateway_id, who, timeout_s)
+    kind = getattr(up, "kind", type(up).__name__)
+    return [_warn(f"upstream {up.name}", f"the doctor cannot check kind {kind!r} yet", "check it by hand")]
 
 
 # --- the whole run ----------------------------------------------------------------------
