@@ -59,10 +59,14 @@ if "$python" -c 'import hatchling' 2>/dev/null; then isolation=(--no-build-isola
 app_wheel=("$work"/app/edgeagent-"$version"-*.whl)
 cp "${app_wheel[@]}" "$wheels/"
 
-# 2. Binary wheels of every dependency, for the target interpreter. Constrained to the
-# build environment's versions, so the package holds what the tests ran against.
+# 2. Binary wheels of every dependency, for the target interpreter. When the build Python
+# is the project's environment, pinned to its versions: the package holds what the tests
+# ran against. Otherwise the newest versions pyproject.toml allows.
 constraints="$work/constraints.txt"
-"$python" -m pip freeze --exclude-editable 2>/dev/null | grep -v -i -e '^edgeagent' -e '^#' >"$constraints" || true
+: >"$constraints"
+if "$python" -m pip show --quiet edgeagent >/dev/null 2>&1; then
+    "$python" -m pip freeze --exclude-editable | grep -v -i -e '^edgeagent' -e '^#' -e '^-e ' >"$constraints" || true
+fi
 # pip does not widen --platform by itself: list every manylinux tag glibc 2.36 runs.
 platforms=()
 for ((minor = target_glibc_minor; minor >= 5; minor--)); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done

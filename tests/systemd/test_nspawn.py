@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -123,11 +124,13 @@ def _ensure_rootfs(figures: list[str]) -> Path:
 
 
 def _build_deb(out: Path, revision: int) -> Path:
+    """The package as a user builds it; with this test's Python, so it ships the tested versions."""
     done = subprocess.run(
         [str(REPO / "packaging" / "build-deb.sh"), "--revision", str(revision), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
     )
     assert done.returncode == 0, f"build-deb.sh failed:\n{done.stdout}\n{done.stderr}"
     return Path(done.stdout.strip().splitlines()[-1])
