@@ -20,17 +20,18 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from aiohttp import web
+from bleak.backends.scanner import BaseBleakScanner
 
 from edgeagent.config import SiteConfig, profiles_for
-from edgeagent.devices import BusPoller, ModbusDevice
-from edgeagent.errors import EdgeAgentError
+from edgeagent.devices import BusPoller
+from edgeagent.devices.build import Runner, build_live, build_runners
+from edgeagent.errors import EdgeAgentError, InvalidWrite
 from edgeagent.health import Heartbeats
-from edgeagent.live import DeviceLive, DeviceState, Live, UplinkLive
+from edgeagent.live import DeviceState, Live, UplinkLive
 from edgeagent.model import Priority, Reading
 from edgeagent.notify import Notifier, watchdog_interval_s
 from edgeagent.store import Budget, DestinationFilter, Store
 from edgeagent.sync.worker import SyncWorker
-from edgeagent.transports.modbus import ModbusTcpTransport
 from edgeagent.uplinks import make_uplink
 from edgeagent.web.app import make_app, status_builder
 
@@ -48,9 +49,18 @@ DEBUG_HANG_ENV = "EDGEAGENT_DEBUG_HANG_SIGNAL"
 
 
 class Agent:
-    def __init__(self, site: SiteConfig, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        notifier: Notifier | None = None,
+        ble_backend: type[BaseBleakScanner] | None = None,
+    ) -> None:
         self.site = site
         self.notifier = notifier or Notifier()
+        # bleak's backend seam: the demo and the tests put a simulated radio here.
+        self.ble_backend = ble_backend
+        self.runners: dict[str, Runner] = {}  # device id -> the runner that owns its bus
         self.live = Live(gateway_id=site.gateway.id)
         self.heartbeats = Heartbeats()
         self.ready = asyncio.Event()
@@ -58,12 +68,7 @@ class Agent:
         self.store: Store | None = None
 
     def _build_live(self) -> None:
-        profiles = profiles_for(self.site)
-        for dev in self.site.devices:
-            asset = dev.asset.model_dump(exclude_none=True)
-            asset.setdefault("model", f"{profiles[dev.profile].manufacturer} {profiles[dev.profile].model}")
-            self.live.devices[dev.id] = DeviceLive(id=dev.id, profile=dev.profile, bus=dev.bus, asset=asset)
-
+        build_live(self.site, profiles_for(self.site), self.live)
 
     def _raise_alarm(self, store: Store, kind: str, message: str) -> None:
         log.error("alarm %s: %s", kind, message)
@@ -177,29 +182,29 @@ class Agent:
         self.web_url = f"http://{shown}:{port}/"
         return runner
 
-    def _make_pollers(self, store: Store) -> list[BusPoller]:
-        profiles = profiles_for(self.site)
-        live = self.live
-
+    def _make_pollers(self, store: Store) -> list[Runner]:
         def on_readings(readings: list[Reading]) -> None:
             for r in readings:
                 store.append(r)
 
-        pollers = []
-        for bus in self.site.buses:
-            devices = [ModbusDevice(d, profiles[d.profile]) for d in self.site.devices if d.bus == bus.name]
-            if not devices:
-                continue
-            transport = ModbusTcpTransport(
-                bus.host,
-                bus.port,
-                timeout_s=bus.timeout_ms / 1000,
-                reconnect_min_s=bus.reconnect_min_ms / 1000,
-                reconnect_max_s=bus.reconnect_max_ms / 1000,
-            )
-            beat = self.heartbeats.register(f"bus:{bus.name}", CRITICAL_ALLOWANCE_S)
-            pollers.append(BusPoller(bus.name, transport, devices, live.devices, on_readings, beat=beat))
-        return pollers
+        runners = build_runners(
+            self.site,
+            profiles_for(self.site),
+            self.live,
+            on_readings,
+            beat_for=lambda bus: self.heartbeats.register(f"bus:{bus}", CRITICAL_ALLOWANCE_S),
+            on_alarm=lambda kind, message: self._raise_alarm(store, kind, message),
+            ble_backend=self.ble_backend,
+        )
+        self.runners = {device_id: r for r in runners for device_id in r.device_ids}
+        return runners
+
+    async def write_point(self, device_id: str, point: str, value: float | str) -> str:
+        """Write one point of a device through its bus's scheduler (for rules); return what was written."""
+        runner = self.runners.get(device_id)
+        if not isinstance(runner, BusPoller):
+            raise InvalidWrite(f"no writable device {device_id!r} is running")
+        return await runner.write(device_id, point, value)
 
     async def _summary(self, store: Store) -> str:
         devices = self.live.devices.values()
@@ -262,4 +267,3 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-

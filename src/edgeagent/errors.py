@@ -7,6 +7,7 @@ a library's exception.
     EdgeAgentError
     ├── ConfigError              a config or profile file is invalid (carries every problem)
     ├── DecodeError              bytes from a device could not be decoded (pure protocol code)
+    ├── InvalidWrite             a write was refused before it reached the bus (unknown point, range)
     ├── DeviceError              a device transaction failed
     │   ├── DeviceTimeout        no answer in time
     │   ├── DeviceUnreachable    the bus or socket could not be opened
@@ -50,6 +51,10 @@ class ConfigError(EdgeAgentError):
 
 class DecodeError(EdgeAgentError):
     """A frame or register block could not be decoded into values."""
+
+
+class InvalidWrite(EdgeAgentError):
+    """A requested write names no writable point or a value the point cannot take."""
 
 
 class DeviceError(EdgeAgentError):

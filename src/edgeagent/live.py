@@ -26,6 +26,7 @@ class PointValue:
     unit: str
     ts: float
     quality: Quality
+    label: str | None = None  # what an enum code means ("schedule"), for people
 
 
 @dataclass(slots=True)
@@ -43,6 +44,26 @@ class DeviceLive:
     polls_ok: int = 0
     polls_failed: int = 0
     points: dict[str, PointValue] = field(default_factory=dict)
+    protocol: str = ""
+    address: str = ""  # where on its bus: "unit 5", "id 1", a MAC address
+    framing_errors: int = 0  # losses of sync in the byte stream (noise, cut frames)
+    rejected: int = 0  # packets refused: wrong key, corrupt, plain from a keyed device
+    replayed: int = 0  # packets with an old counter that were not plain repeats
+    rssi_dbm: int | None = None
+
+
+@dataclass(slots=True)
+class BusLive:
+    """What is known now about one bus: a serial line, a TCP endpoint, a BLE scanner."""
+
+    name: str
+    kind: str
+    target: str  # the port, host:port or adapter
+    state: str = "starting"  # "ok", "down" (cannot be opened), "stalled" (BLE: silent radio)
+    detail: str = ""
+    state_since: float = field(default_factory=time.time)
+    transactions: int = 0
+    restarts: int = 0  # BLE scanner restarts by the watchdog
 
 
 @dataclass(slots=True)
@@ -69,6 +90,7 @@ class Live:
     started_monotonic: float = field(default_factory=time.monotonic)
     devices: dict[str, DeviceLive] = field(default_factory=dict)
     uplinks: dict[str, UplinkLive] = field(default_factory=dict)
+    buses: dict[str, BusLive] = field(default_factory=dict)
     alarms: list[dict[str, object]] = field(default_factory=list)
 
     @property

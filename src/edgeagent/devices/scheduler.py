@@ -1,10 +1,12 @@
-"""Devices and the one scheduler each bus has.
+"""The one scheduler each polled bus has.
 
-A device is a profile at an address on a bus; it knows which requests a poll needs
-and how to turn their answers into readings, and does no I/O of its own. A
-``BusPoller`` owns a bus: every device on it goes through it, one transaction at a
-time, each on its own interval. A failing device backs off on its own schedule, so it
-never stalls its neighbours; its state changes are logged once, not on every failure.
+A ``BusPoller`` owns a bus (a serial line, or a TCP host:port): every device on it
+goes through it, one transaction at a time, each device on its own interval. Due times
+advance by the interval from the previous due time, not from when the poll ended, so
+short delays do not add up into a lower poll rate. A failing device is retried on its
+normal schedule until it is offline, then with capped, jittered backoff and a single
+attempt per probe, so a dead sensor costs its neighbours as little bus time as
+possible. Writes (from rules or the CLI) queue here too and go first.
 """
 
 from __future__ import annotations
@@ -12,81 +14,62 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from edgeagent.backoff import Backoff
 from edgeagent.config import DeviceConfig
-from edgeagent.errors import DecodeError, DeviceError, DeviceTimeout
-from edgeagent.live import DeviceLive, DeviceState, PointValue
-from edgeagent.model import Quality, Reading
-from edgeagent.profiles import LENGTH_UNITS_MM, ModbusProfile
-from edgeagent.protocols.modbus import Function, ReadSpan, decode_value, plan_reads
-from edgeagent.transports.modbus import ModbusTcpTransport
+from edgeagent.devices.health import Health
+from edgeagent.devices.modbus import ModbusDevice
+from edgeagent.errors import DecodeError, DeviceError, DeviceTimeout, DeviceUnreachable, InvalidWrite
+from edgeagent.live import BusLive, DeviceLive
+from edgeagent.model import Reading
 
 log = logging.getLogger(__name__)
 
-MAX_DECIMALS = 6
+Transact = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
-class ModbusDevice:
-    """A Modbus device: the reads one poll needs, and their decoding."""
+class PolledDevice(Protocol):
+    """What the scheduler needs of a device; it fetches, the scheduler decides when."""
 
-    def __init__(self, cfg: DeviceConfig, profile: ModbusProfile) -> None:
-        self.cfg = cfg
-        self.id = cfg.id
-        self.unit_id = cfg.unit_id
-        self.profile = profile
-        self.poll_interval_s = cfg.poll_interval_s or profile.default_poll_interval_s
-        self.spans: list[ReadSpan] = plan_reads(
-            profile.wanted_ranges(),
-            max_gap=profile.max_gap_registers,
-            forbidden=[(f.function, f.first, f.last) for f in profile.forbidden],
-        )
+    id: str
+    cfg: DeviceConfig
+    poll_interval_s: float
+    timeout_s: float
+    framing_errors: int
 
-    def decode(self, answers: Sequence[tuple[ReadSpan, Sequence[int]]], ts: float) -> list[Reading]:
-        """Turn the answers to ``self.spans`` into readings; raise DecodeError if implausible."""
-        regs: dict[tuple[Function, int], int] = {}
-        for span, values in answers:
-            if len(values) < span.count:
-                raise DecodeError(f"short answer: {len(values)} of {span.count} registers")
-            for i in range(span.count):
-                regs[(span.function, span.start + i)] = values[i]
-        readings = []
-        for p in self.profile.points:
-            raw = decode_value(
-                [regs[(p.function, p.address + i)] for i in range(p.registers)],
-                p.type,
-                p.word_order,
-            )
-            value = raw * p.scale
-            if p.decimals_register is not None:
-                decimals = regs[(p.function, p.decimals_register)]
-                if decimals > MAX_DECIMALS:
-                    raise DecodeError(f"{p.name}: implausible decimals register value {decimals}")
-                value = value / 10**decimals
-            if p.unit_register is not None:
-                code = regs[(p.function, p.unit_register)]
-                symbol = p.unit_codes.get(str(code))
-                if symbol is None:
-                    raise DecodeError(f"{p.name}: unknown unit code {code}")
-                if symbol != p.unit:
-                    value = value * LENGTH_UNITS_MM[symbol] / LENGTH_UNITS_MM[p.unit]
-            value = round(value + p.offset, 9)
-            readings.append(Reading(self.id, p.name, ts, value, p.unit))
-        return readings
+    async def poll(self, transport: Any, transact: Transact) -> list[Reading]: ...
+
+    def labels(self, readings: Sequence[Reading]) -> dict[str, str]: ...
+
+
+class Closable(Protocol):
+    label: str
+
+    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)
 class _Schedule:
-    device: ModbusDevice
+    device: PolledDevice
+    health: Health
     due: float
-    failures: int = 0
     backoff: Backoff = field(init=False)
 
     def __post_init__(self) -> None:
         interval = self.device.poll_interval_s
         self.backoff = Backoff(interval, max(interval, self.device.cfg.backoff_max_s))
+
+
+@dataclass(slots=True)
+class _WriteJob:
+    device: ModbusDevice
+    point: str
+    value: float | str
+    done: asyncio.Future[str]
 
 
 class BusPoller:
@@ -95,97 +78,181 @@ class BusPoller:
     def __init__(
         self,
         name: str,
-        transport: ModbusTcpTransport,
-        devices: Sequence[ModbusDevice],
+        transport: Closable,
+        devices: Sequence[PolledDevice],
         live: dict[str, DeviceLive],
         on_readings: Callable[[list[Reading]], None],
         *,
         beat: Callable[[], None] | None = None,
+        bus_live: BusLive | None = None,
+        close_after_poll: bool = False,
+        inter_poll_s: float = 0.0,
     ) -> None:
         self.name = name
         self.transport = transport
         self.live = live
         self.on_readings = on_readings
+        self.bus_live = bus_live
+        self.close_after_poll = close_after_poll
+        self.inter_poll_s = inter_poll_s
         self._beat = beat or (lambda: None)
         now = time.monotonic()
-        self._schedules = [_Schedule(d, now) for d in devices]
+        self._schedules = [
+            _Schedule(d, Health(live[d.id], offline_after=d.cfg.offline_after_failures), now) for d in devices
+        ]
+        self._by_id = {s.device.id: s for s in self._schedules}
+        self._writes: deque[_WriteJob] = deque()
+        self._wake = asyncio.Event()
+        self._running = False
+
+    @property
+    def device_ids(self) -> list[str]:
+        return list(self._by_id)
 
     async def run(self) -> None:
         """Poll forever; cancelled to stop. Wakes at least once a second to check in."""
+        self._running = True
         try:
             while True:
                 self._beat()
+                if self._writes:
+                    await self._write(self._writes.popleft())
+                    continue
                 entry = min(self._schedules, key=lambda s: s.due)
                 delay = entry.due - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(min(delay, 1.0))
+                    self._wake.clear()
+                    try:
+                        async with asyncio.timeout(min(delay, 1.0)):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
                     continue
                 await self._poll(entry)
+                if self.inter_poll_s:
+                    await asyncio.sleep(self.inter_poll_s)
         finally:
+            self._running = False
+            for job in self._writes:
+                if not job.done.done():
+                    job.done.set_exception(DeviceUnreachable(f"bus {self.name} stopped before the write was sent"))
+            self._writes.clear()
             await self.transport.close()
+
+    def _transact(self, entry: _Schedule) -> Transact:
+        """Retries and a hard ceiling around one transaction of this device."""
+        device = entry.device
+        attempts = 1 if entry.health.offline else device.cfg.retries + 1
+        # A hard ceiling, so a misbehaving library can never hang the bus.
+        ceiling_s = device.timeout_s * 2 + 1
+
+        async def transact(op: Callable[[], Awaitable[Any]]) -> Any:
+            for attempt in range(attempts):
+                try:
+                    async with asyncio.timeout(ceiling_s):
+                        result = await op()
+                except TimeoutError as exc:
+                    if attempt + 1 == attempts:
+                        raise DeviceTimeout(f"no answer from {device.id} within {ceiling_s:g} s") from exc
+                except DeviceTimeout:
+                    if attempt + 1 == attempts:
+                        raise
+                else:
+                    if self.bus_live is not None:
+                        self.bus_live.transactions += 1
+                    return result
+            raise AssertionError("unreachable")
+
+        return transact
 
     async def _poll(self, entry: _Schedule) -> None:
         device = entry.device
+        framing_before = device.framing_errors
         try:
-            answers = [(span, await self._read(device, span)) for span in device.spans]
-            readings = device.decode(answers, time.time())
+            readings = await device.poll(self.transport, self._transact(entry))
         except DeviceError as exc:
-            self._failed(entry, exc.reason)
+            self._failed(entry, exc)
         except DecodeError as exc:
-            self._failed(entry, f"bad data: {exc}")
+            self._failed(entry, DeviceError(f"bad data: {exc}"))
         else:
             self._succeeded(entry, readings)
-
-    async def _read(self, device: ModbusDevice, span: ReadSpan) -> list[int]:
-        attempts = device.cfg.retries + 1
-        # A hard ceiling, so a misbehaving library can never hang the bus.
-        ceiling_s = self.transport.timeout_s * 2 + 1
-        for attempt in range(attempts):
-            try:
-                async with asyncio.timeout(ceiling_s):
-                    return await self.transport.read(span.function, span.start, span.count, device.unit_id)
-            except TimeoutError as exc:
-                if attempt + 1 == attempts:
-                    raise DeviceTimeout(f"no answer from unit {device.unit_id} within {ceiling_s:g} s") from exc
-            except DeviceTimeout:
-                if attempt + 1 == attempts:
-                    raise
-        raise AssertionError("unreachable")
+        finally:
+            entry.health.live.framing_errors += device.framing_errors - framing_before
+            if self.close_after_poll:
+                await self.transport.close()
 
     def _succeeded(self, entry: _Schedule, readings: list[Reading]) -> None:
-        device = entry.device
-        state = self.live[device.id]
-        now_wall = time.time()
-        if state.state in (DeviceState.OFFLINE, DeviceState.DEGRADED):
-            log.info("device %s is back online (was %s: %s)", device.id, state.state.value, state.reason)
-        if state.state != DeviceState.ONLINE:
-            state.state, state.reason, state.state_since = DeviceState.ONLINE, "", now_wall
-        state.last_ok_ts = now_wall
-        state.polls_ok += 1
-        for r in readings:
-            state.points[r.point] = PointValue(r.value, r.unit, r.ts, r.quality)
+        entry.health.succeeded(readings, entry.device.labels(readings))
+        self._bus_ok()
         self.on_readings(readings)
-        entry.failures = 0
         entry.backoff.reset()
         now = time.monotonic()
-        nxt = entry.due + device.poll_interval_s
+        nxt = entry.due + entry.device.poll_interval_s
         entry.due = nxt if nxt > now else now
 
-    def _failed(self, entry: _Schedule, reason: str) -> None:
+    def _failed(self, entry: _Schedule, exc: DeviceError) -> None:
+        was_offline = entry.health.offline
+        entry.health.failed(exc.reason)
+        if isinstance(exc, DeviceUnreachable):
+            self._bus_down(exc.reason)
+        interval = entry.device.poll_interval_s
+        if not entry.health.offline:
+            # Degraded: keep the normal rhythm, so the next try is one interval on.
+            entry.due = max(entry.due + interval, time.monotonic())
+        else:
+            # Offline: probe with capped, jittered backoff, counted from now.
+            if not was_offline:
+                entry.backoff.reset()
+            entry.due = time.monotonic() + entry.backoff.next_delay()
+
+    def _bus_ok(self) -> None:
+        bus = self.bus_live
+        if bus is not None and bus.state != "ok":
+            bus.state, bus.detail, bus.state_since = "ok", "", time.time()
+
+    def _bus_down(self, reason: str) -> None:
+        bus = self.bus_live
+        if bus is None:
+            return
+        if bus.state != "down":
+            bus.state_since = time.time()
+        bus.state, bus.detail = "down", reason
+
+    # Writes ---------------------------------------------------------------------------
+
+    async def write(self, device_id: str, point: str, value: float | str) -> str:
+        """Write one point of one device between polls; return what was written ("40 %").
+
+        Raises InvalidWrite before anything is sent when the point or value is wrong,
+        and DeviceError when the device does not take it.
+        """
+        entry = self._by_id.get(device_id)
+        if entry is None:
+            raise InvalidWrite(f"no device {device_id!r} on bus {self.name}")
         device = entry.device
-        state = self.live[device.id]
-        entry.failures += 1
-        state.polls_failed += 1
-        limit = device.cfg.offline_after_failures
-        new_state = DeviceState.OFFLINE if entry.failures >= limit else DeviceState.DEGRADED
-        if new_state != state.state:
-            level = logging.WARNING if new_state == DeviceState.OFFLINE else logging.INFO
-            log.log(level, "device %s is %s: %s", device.id, new_state.value, reason)
-            state.state_since = time.time()
-        state.state, state.reason = new_state, reason
-        for pv in state.points.values():
-            if pv.quality == Quality.GOOD:
-                pv.quality = Quality.UNCERTAIN
-        # Retry on the normal schedule until offline, then back off (capped, jittered).
-        delay = device.poll_interval_s if entry.failures < limit else entry.backoff.next_delay()
-        entry.due = time.monotonic() + delay
+        if not isinstance(device, ModbusDevice):
+            raise InvalidWrite(f"{device_id} is not a Modbus device; it takes no writes")
+        device.plan_write(point, value)  # refuse bad input at once, not after the queue
+        if not self._running:
+            raise DeviceUnreachable(f"bus {self.name} is not running")
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._writes.append(_WriteJob(device, point, value, done))
+        self._wake.set()
+        return await done
+
+    async def _write(self, job: _WriteJob) -> None:
+        entry = self._by_id[job.device.id]
+        try:
+            plan = job.device.plan_write(job.point, job.value)
+            await job.device.write(self.transport, plan, self._transact(entry))  # type: ignore[arg-type]
+        except (DeviceError, InvalidWrite) as exc:
+            if not job.done.done():
+                job.done.set_exception(exc)
+            return
+        finally:
+            if self.close_after_poll:
+                await self.transport.close()
+        log.info("wrote %s.%s = %s", job.device.id, plan.point, plan.shown)
+        if not job.done.done():
+            job.done.set_result(plan.shown)
+        entry.due = time.monotonic()  # read it back now, so the status page shows the new value

@@ -1,0 +1,77 @@
+"""One device's health as everyone else sees it: online, degraded or offline, and why.
+
+Every runner (the bus scheduler, the radar reader, the BLE listener) reports through
+this, so every device follows the same rules: a failure makes it degraded,
+``offline_after`` failures in a row (or silence past its stale limit) make it offline,
+one success brings it back. A state change is logged once; failures in between only
+update the reason shown on the status page, so a dead sensor cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from edgeagent.live import DeviceLive, DeviceState, PointValue
+from edgeagent.model import Quality, Reading
+
+log = logging.getLogger("edgeagent.devices")
+
+
+class Health:
+    """Keeps ``live`` (the device's entry on the status page) and the log in step."""
+
+    def __init__(self, live: DeviceLive, *, offline_after: int) -> None:
+        self.live = live
+        self.offline_after = offline_after
+        self.failures = 0
+
+    @property
+    def offline(self) -> bool:
+        return self.live.state == DeviceState.OFFLINE
+
+    def succeeded(self, readings: Sequence[Reading], labels: Mapping[str, str] | None = None) -> None:
+        """A poll (or an accepted frame or advertisement) brought these readings."""
+        live = self.live
+        now = time.time()
+        if live.state != DeviceState.ONLINE:
+            if live.state in (DeviceState.OFFLINE, DeviceState.DEGRADED):
+                log.info("device %s is back online (was %s: %s)", live.id, live.state.value, live.reason)
+            live.state, live.reason, live.state_since = DeviceState.ONLINE, "", now
+        live.last_ok_ts = now
+        live.polls_ok += 1
+        self.failures = 0
+        points = live.points
+        for r in readings:
+            label = labels.get(r.point) if labels else None
+            pv = points.get(r.point)
+            if pv is None:
+                points[r.point] = PointValue(r.value, r.unit, r.ts, r.quality, label)
+            else:
+                pv.value, pv.unit, pv.ts, pv.quality, pv.label = r.value, r.unit, r.ts, r.quality, label
+
+    def failed(self, reason: str) -> DeviceState:
+        """A poll failed: degraded now, offline once failures in a row reach the limit."""
+        self.failures += 1
+        self.live.polls_failed += 1
+        new_state = DeviceState.OFFLINE if self.failures >= self.offline_after else DeviceState.DEGRADED
+        self._set(new_state, reason)
+        return new_state
+
+    def went_offline(self, reason: str) -> None:
+        """Offline at once: the device fell silent past its limit, or its bus cannot be reached."""
+        self.failures = max(self.failures, self.offline_after)
+        self._set(DeviceState.OFFLINE, reason)
+
+    def _set(self, state: DeviceState, reason: str) -> None:
+        live = self.live
+        if state != live.state:
+            level = logging.WARNING if state == DeviceState.OFFLINE else logging.INFO
+            log.log(level, "device %s is %s: %s", live.id, state.value, reason)
+            live.state_since = time.time()
+            # Values shown from before the trouble are no longer vouched for.
+            for pv in live.points.values():
+                if pv.quality == Quality.GOOD:
+                    pv.quality = Quality.UNCERTAIN
+        live.state, live.reason = state, reason
