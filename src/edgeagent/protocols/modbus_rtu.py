@@ -107,6 +107,17 @@ def transaction_time_s(request_bytes: int, response_bytes: int, baudrate: int, b
     return (request_bytes + response_bytes) * char_time_s(baudrate, bits) + 2 * frame_gap_s(baudrate, bits)
 
 
+def request_frame_bytes(request: RtuRequest) -> int:
+    """Size of a request's frame on the wire (an unknown function's minimum, 4)."""
+    if not request.known:
+        return 4
+    if request.function == WRITE_MULTIPLE_REGISTERS:
+        return 9 + 2 * request.count
+    if request.function == WRITE_MULTIPLE_COILS:
+        return 9 + (request.count + 7) // 8
+    return 8
+
+
 def read_response_bytes(function: int, count: int) -> int:
     """Size of the answer to a read of ``count`` registers or bits."""
     data = (count + 7) // 8 if function in BIT_FUNCTIONS else 2 * count

@@ -1,8 +1,10 @@
 """``edgeagent demo``: the real agent against simulated field devices and a local ingest.
 
-Only the field device and the upstream receiver are stand-ins. The config comes from
-the shipped ``demo.toml`` (with loopback ports filled in) and goes through the same
-validation, store, poller, sync and status page as a production gateway.
+Only the field devices and the upstream receiver are stand-ins (see ``sim/site.py``:
+Modbus TCP and RTU servers, ptys for the serial sensors, a simulated BLE radio behind
+bleak's backend seam). The config comes from the shipped ``demo.toml`` (with the
+simulators' ports filled in) and goes through the same validation, store, pollers, sync
+and status page as a production gateway.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from edgeagent.agent import Agent, install_signal_handlers
 from edgeagent.config import SiteConfig, parse_config
 from edgeagent.profiles import read_toml
 from edgeagent.sim.ingest import IngestServer
-from edgeagent.sim.water_level import RainEvent, WaterLevelSimulator
+from edgeagent.sim.site import RoadsideSite
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +46,22 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def demo_config(*, modbus_port: int, ingest_url: str, state_dir: Path, web_port: int) -> SiteConfig:
-    """The shipped demo config with this run's loopback ports and state folder."""
+def demo_config(*, site: RoadsideSite, ingest_url: str, state_dir: Path, web_port: int) -> SiteConfig:
+    """The shipped demo config with this run's simulators, ingest, state folder and web port."""
     path = example_config_dir() / "demo.toml"
-    data: dict[str, Any] = read_toml(path)
-    data["gateway"]["state_dir"] = str(state_dir)  # type: ignore[index]
-    data["web"]["port"] = web_port  # type: ignore[index]
-    for bus in data["buses"]:  # type: ignore[union-attr]
-        bus["port"] = modbus_port
-    for uplink in data["uplinks"]:  # type: ignore[union-attr]
+    data: dict[str, Any] = site.fill(read_toml(path))
+    data["gateway"]["state_dir"] = str(state_dir)
+    data["web"]["port"] = web_port
+    for uplink in data["uplinks"]:
         uplink["url"] = ingest_url
     return parse_config(data, file=str(path), base=path.parent)
+
+
+def _line(agent: Agent, device: str, point: str, fmt: str = "{:.1f}") -> str:
+    pv = agent.live.devices[device].points.get(point)
+    if pv is None or pv.value is None:
+        return "–"
+    return f"{fmt.format(pv.value)} {pv.unit}"
 
 
 async def run_demo(*, web_port: int = 8080, state_dir: Path | None = None, duration_s: float | None = None) -> int:
@@ -63,20 +70,12 @@ async def run_demo(*, web_port: int = 8080, state_dir: Path | None = None, durat
     with contextlib.ExitStack() as cleanup:
         if state_dir is None:
             state_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="edgeagent-demo-")))
-        async with (
-            WaterLevelSimulator(unit_ids=[1], rain=RainEvent(period_s=120.0, start_phase=0.12)) as sensor,
-            IngestServer() as ingest,
-        ):
+        async with RoadsideSite() as site, IngestServer() as ingest:
             if web_port and not _port_free("127.0.0.1", web_port):
                 log.warning("port %d is busy; the status page takes a free port instead", web_port)
                 web_port = 0
-            site = demo_config(
-                modbus_port=sensor.port,
-                ingest_url=ingest.url,
-                state_dir=state_dir,
-                web_port=web_port,
-            )
-            agent = Agent(site)
+            config = demo_config(site=site, ingest_url=ingest.url, state_dir=state_dir, web_port=web_port)
+            agent = Agent(config, ble_backend=site.ble_backend)
             run = asyncio.create_task(agent.run(stop), name="agent")
             ready = asyncio.create_task(agent.ready.wait())
             await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -90,7 +89,9 @@ async def run_demo(*, web_port: int = 8080, state_dir: Path | None = None, durat
                 flush=True,
             )
             print(
-                f"  simulated waterlogging sensor: Modbus TCP 127.0.0.1:{sensor.port} unit 1",
+                f"  simulated field bus: Modbus TCP 127.0.0.1:{site.tcp_sensor.port} (wl-01); "
+                f"RS-485 line {site.rtu.port} at 9600 baud (8 devices); "
+                f"PWD22 {site.pwd.port}; radar {site.radar.port}; BLE radio (2 manhole sensors, 1 RuuviTag)",
                 flush=True,
             )
             print(f"  state: {state_dir}   stop with Ctrl-C", flush=True)
@@ -102,10 +103,14 @@ async def run_demo(*, web_port: int = 8080, state_dir: Path | None = None, durat
                 await asyncio.wait({run}, timeout=timeout)
                 if deadline is not None and time.monotonic() >= deadline:
                     stop.set()
-                level = agent.live.devices["wl-01"].points.get("water_level")
-                shown = f"{level.value:.1f} {level.unit}" if level and level.value is not None else "no reading yet"
+                online = sum(1 for d in agent.live.devices.values() if d.state.value == "online")
+                level = _line(agent, "wl-01", "water_level")
+                visibility = _line(agent, "pwd-01", "visibility_1min", "{:.0f}")
+                lamp = _line(agent, "lamp-01", "dim_level", "{:.0f}")
                 print(
-                    f"  water level {shown}; ingest has received {ingest.stats.readings_received} readings",
+                    f"  {online}/{len(agent.live.devices)} devices online; water level {level}, "
+                    f"visibility {visibility}, lamp {lamp}; "
+                    f"ingest has received {ingest.stats.readings_received} readings",
                     flush=True,
                 )
             started = time.monotonic()

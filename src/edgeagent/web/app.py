@@ -49,6 +49,12 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                     "last_ok_age_s": _age(now, d.last_ok_ts),
                     "polls_ok": d.polls_ok,
                     "polls_failed": d.polls_failed,
+                    "protocol": d.protocol,
+                    "address": d.address,
+                    "framing_errors": d.framing_errors,
+                    "rejected": d.rejected,
+                    "replayed": d.replayed,
+                    "rssi_dbm": d.rssi_dbm,
                     "asset": d.asset,
                     "points": [
                         {
@@ -58,6 +64,7 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                             "ts": pv.ts,
                             "age_s": _age(now, pv.ts),
                             "quality": pv.quality.name.lower(),
+                            "label": pv.label,
                         }
                         for name, pv in d.points.items()
                     ],
@@ -87,6 +94,19 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                 "uptime_s": round(live.uptime_s, 1),
             },
             "devices": devices,
+            "buses": [
+                {
+                    "name": b.name,
+                    "kind": b.kind,
+                    "target": b.target,
+                    "state": b.state,
+                    "detail": b.detail,
+                    "state_since": b.state_since,
+                    "transactions": b.transactions,
+                    "restarts": b.restarts,
+                }
+                for b in live.buses.values()
+            ],
             "store": {
                 "file_bytes": stats.file_bytes,
                 "last_seq": stats.last_seq,

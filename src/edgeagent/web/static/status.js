@@ -42,18 +42,41 @@ function fmt(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(2);
 }
 
+function pointValue(p) {
+  if (p.label) return p.label;
+  if (p.unit === "flag" && p.value !== null) return p.value ? "yes" : "no";
+  return fmt(p.value);
+}
+
 function deviceCard(d) {
   const points = d.points.map((p) =>
     el("div", { class: "point" },
-      el("span", { class: "value" }, fmt(p.value)), " ", p.unit, " ",
+      el("span", { class: "value" }, pointValue(p)), " ", (p.label || p.unit === "flag") ? "" : p.unit, " ",
       el("span", { class: "muted" }, `${p.name} · ${age(p.age_s)}${p.quality !== "good" ? " · " + p.quality : ""}`)));
   const asset = [d.asset.location, d.asset.owner, d.asset.model].filter(Boolean).join(" · ");
+  const counters = [
+    d.framing_errors ? `${d.framing_errors} framing errors` : null,
+    d.rejected ? `${d.rejected} packets rejected` : null,
+    d.replayed ? `${d.replayed} replays refused` : null,
+    d.rssi_dbm !== null && d.rssi_dbm !== undefined ? `${d.rssi_dbm} dBm` : null,
+  ].filter(Boolean).join(" · ");
   return el("article", { class: `card ${d.state}`, "data-device": d.id },
     el("h3", {}, d.id, el("span", { class: "state" }, d.state)),
     ...points,
     d.reason ? el("div", { class: "reason" }, d.reason) : null,
+    counters ? el("div", { class: "muted" }, counters) : null,
     el("div", { class: "muted" }, asset),
-    el("div", { class: "muted" }, `${d.profile} on ${d.bus}`));
+    el("div", { class: "muted" }, `${d.profile} · ${d.address || "–"} on ${d.bus}`));
+}
+
+function busCard(b) {
+  const state = b.state === "ok" ? "online" : (b.state === "starting" ? "" : "offline");
+  const activity = b.kind === "ble" ? `${b.restarts} watchdog restarts` : `${b.transactions} transactions`;
+  return el("article", { class: `card ${state}`, "data-bus": b.name },
+    el("h3", {}, b.name, el("span", { class: "state" }, b.state)),
+    el("div", { class: "muted" }, `${b.kind} · ${b.target}`),
+    b.detail ? el("div", { class: "reason" }, b.detail) : null,
+    el("div", { class: "muted" }, activity));
 }
 
 function uplinkCard(u) {
@@ -77,6 +100,7 @@ function render(s) {
   document.getElementById("summary").textContent =
     `${online}/${s.devices.length} devices online · backlog ${s.store.backlog} · up ${duration(s.gateway.uptime_s)} · v${s.gateway.version}`;
   document.getElementById("devices").replaceChildren(...s.devices.map(deviceCard));
+  document.getElementById("buses").replaceChildren(...(s.buses || []).map(busCard));
   document.getElementById("uplinks").replaceChildren(...s.uplinks.map(uplinkCard));
   document.getElementById("store").replaceChildren(...facts([
     ["readings waiting", s.store.backlog],

@@ -1,0 +1,94 @@
+"""A simulated TI mmWave radar on a pty: a stream of TLV frames of passing traffic.
+
+Vehicles approach in the lane at 10-25 m/s from 60 m; the radar sends a frame every
+``frame_period_s``. Faults: ``silent`` stops the stream; ``inject_garbage`` puts noise
+between frames; ``chunk_bytes`` splits writes, so frames arrive cut at random places.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+from edgeagent.protocols.ti_mmwave import RadarPoint, encode_frame
+from edgeagent.sim.serial_pty import PtyEnd
+
+
+class RadarSimulator:
+    """The radar's UART data port."""
+
+    def __init__(self, *, frame_period_s: float = 0.1, seed: int | None = None, chunk_bytes: int = 0) -> None:
+        self.frame_period_s = frame_period_s
+        self.chunk_bytes = chunk_bytes
+        self.port = ""
+        self.silent = False
+        self.frames_sent = 0
+        self._garbage = b""
+        self._rng = random.Random(seed)
+        self._vehicles: list[list[float]] = []  # [range_m, speed_m_s]
+        self._pty: PtyEnd | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        self._pty = PtyEnd(lambda data: None)  # the data port is output only
+        self.port = self._pty.port
+        self._task = asyncio.create_task(self._stream(), name=f"sim-radar:{self.port}")
+        return self.port
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._pty is not None:
+            self._pty.close()
+            self._pty = None
+
+    async def __aenter__(self) -> RadarSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def inject_garbage(self, data: bytes) -> None:
+        """Send these bytes before the next frame."""
+        self._garbage += data
+
+    def next_frame(self) -> bytes:
+        """Advance the traffic by one frame period and encode what the radar sees."""
+        dt = self.frame_period_s
+        for v in self._vehicles:
+            v[0] -= v[1] * dt
+        self._vehicles = [v for v in self._vehicles if v[0] > 2.0]
+        if len(self._vehicles) < 3 and self._rng.random() < 0.08:
+            self._vehicles.append([60.0, self._rng.uniform(10.0, 25.0)])
+        points = [
+            RadarPoint(
+                x_m=self._rng.uniform(-1.5, 1.5),
+                y_m=rng_m,
+                z_m=0.5,
+                velocity_m_s=-speed,
+                snr_db=round(self._rng.uniform(12, 30), 1),
+                noise_db=round(self._rng.uniform(40, 60), 1),
+            )
+            for rng_m, speed in self._vehicles
+        ]
+        self.frames_sent += 1
+        return encode_frame(self.frames_sent, points, time_cpu_cycles=self.frames_sent * 1000)
+
+    async def _stream(self) -> None:
+        while True:
+            await asyncio.sleep(self.frame_period_s)
+            frame = self.next_frame()
+            if self.silent or self._pty is None:
+                continue
+            data, self._garbage = self._garbage + frame, b""
+            if not self.chunk_bytes:
+                self._pty.write(data)
+                continue
+            for i in range(0, len(data), self.chunk_bytes):
+                self._pty.write(data[i : i + self.chunk_bytes])
+                await asyncio.sleep(0)
