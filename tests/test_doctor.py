@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgeagent import doctor
 from edgeagent.doctor import (
     UNIT_DEVICE_GROUPS,
     UNIT_STATE_DIR,
@@ -440,3 +441,16 @@ async def test_mqtt_port_that_is_not_a_broker(tmp_path: Path, closed_port: int, 
     config.write_text(_mqtt_site_toml(state_dir="state", bus_port=closed_port, broker_port=silent_port))
     auth = _only(await _diagnose(config, timeout_s=0.5), "upstream broker auth")
     assert (auth.status, auth.detail) == (Status.FAIL, "no MQTT answer: no answer within 0.5 s")
+
+
+def test_bluez_group_matters_only_where_its_policy_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    open_policy = '<policy group="bluetooth"><allow send_destination="org.bluez"/></policy>\n'
+    open_policy += '<policy context="default"><allow send_destination="org.bluez"/></policy>\n'
+    group_only = '<policy group="bluetooth"><allow send_destination="org.bluez"/></policy>\n'
+    group_only += '<policy context="default"><deny send_destination="org.bluez"/></policy>\n'
+    monkeypatch.setattr(doctor, "BLUEZ_POLICY_DIRS", (tmp_path,))
+    assert doctor._bluez_needs_group() is False  # no BlueZ installed
+    (tmp_path / "bluetooth.conf").write_text(open_policy)
+    assert doctor._bluez_needs_group() is False
+    (tmp_path / "bluetooth.conf").write_text(group_only)
+    assert doctor._bluez_needs_group() is True

@@ -29,6 +29,7 @@ import gzip
 import ipaddress
 import os
 import pwd
+import re
 import shutil
 import socket
 import ssl
@@ -51,6 +52,7 @@ UNIT_STATE_DIR = Path("/var/lib/edgeagent")
 UNIT_FILES = (Path("/etc/systemd/system/edgeagent.service"), Path("/lib/systemd/system/edgeagent.service"))
 # Device groups (/proc/devices names) the unit's DeviceAllow= lets through DevicePolicy=closed.
 UNIT_DEVICE_GROUPS = ("ttyS", "ttyUSB", "ttyACM", "ttyAMA")
+BLUEZ_POLICY_DIRS = (Path("/etc/dbus-1/system.d"), Path("/usr/share/dbus-1/system.d"))
 NET_TIMEOUT_S = 3.0
 FREE_FAIL_BYTES = 64 * 2**20
 FREE_WARN_BYTES = 512 * 2**20
@@ -373,19 +375,32 @@ async def check_bluetooth(who: Identity, timeout_s: float) -> list[Check]:
                     _warn("BlueZ", "bluetoothd is not running", "apt install bluez; systemctl enable --now bluetooth")
                 )
     checks.extend(_bluetooth_radio_checks())
-    try:
-        bluetooth_gid = grp.getgrnam("bluetooth").gr_gid
-    except KeyError:
-        bluetooth_gid = None
-    if bluetooth_gid is not None and who.uid != 0 and bluetooth_gid not in who.gids:
-        checks.append(
-            _warn(
-                f"group bluetooth for {who.name}",
-                "not a member; Debian's BlueZ policy lets only that group talk to it",
-                f"usermod -aG bluetooth {who.name}",
+    if _bluez_needs_group() and who.uid != 0:
+        try:
+            bluetooth_gid: int | None = grp.getgrnam("bluetooth").gr_gid
+        except KeyError:
+            bluetooth_gid = None
+        if bluetooth_gid is not None and bluetooth_gid not in who.gids:
+            checks.append(
+                _warn(
+                    f"group bluetooth for {who.name}",
+                    "not a member, and this BlueZ's D-Bus policy lets only that group talk to it",
+                    f"usermod -aG bluetooth {who.name}",
+                )
             )
-        )
     return checks
+
+
+def _bluez_needs_group() -> bool:
+    """Whether BlueZ's D-Bus policy is limited to group bluetooth (Debian 12's lets anyone send)."""
+    for folder in BLUEZ_POLICY_DIRS:
+        try:
+            text = (folder / "bluetooth.conf").read_text()
+        except OSError:
+            continue
+        default = re.search(r'<policy context="default">(.*?)</policy>', text, re.DOTALL)
+        return not (default and '<allow send_destination="org.bluez"' in default.group(1))
+    return False
 
 
 # --- store ---------------------------------------------------------------------------
