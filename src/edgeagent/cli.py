@@ -9,12 +9,16 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeagent import __version__
-from edgeagent.errors import ConfigError, DecodeError, DeviceError, EdgeAgentError
+from edgeagent.errors import ConfigError, DeviceError, EdgeAgentError, InvalidWrite
+
+if TYPE_CHECKING:
+    from edgeagent.config import SiteConfig
+    from edgeagent.devices.tools import Advertiser
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -89,44 +93,170 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_read(args: argparse.Namespace) -> int:
-    """One poll of one device, printed with units: the technician's first check."""
-    from edgeagent.config import load_config, profiles_for
-    from edgeagent.devices import ModbusDevice
-    from edgeagent.transports.modbus import ModbusTcpTransport
+def _quiet_logging() -> None:
+    """Warnings only: the tools print their own results (and libraries' chatter is not for technicians)."""
+    from edgeagent.logs import setup_logging
+
+    setup_logging("WARNING")
+
+
+def _load_site(path: str) -> SiteConfig | None:
+    from edgeagent.config import load_config
 
     try:
-        site = load_config(Path(args.config))
+        return load_config(Path(path))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return EXIT_CONFIG
-    devices = {d.id: d for d in site.devices}
-    if args.device not in devices:
-        print(f"no device {args.device!r}; known: {', '.join(devices) or 'none'}", file=sys.stderr)
-        return EXIT_CONFIG
-    cfg = devices[args.device]
-    bus = next(b for b in site.buses if b.name == cfg.bus)
-    device = ModbusDevice(cfg, profiles_for(site)[cfg.profile])
+        return None
 
-    async def once() -> int:
-        transport = ModbusTcpTransport(bus.host, bus.port, timeout_s=bus.timeout_ms / 1000)
-        try:
-            answers = [
-                (span, await transport.read(span.function, span.start, span.count, device.unit_id))
-                for span in device.spans
-            ]
-            readings = device.decode(answers, time.time())
-        except (DeviceError, DecodeError) as exc:
-            print(f"{device.id}: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        finally:
-            await transport.close()
-        for r in readings:
-            print(f"{r.device} {r.point} = {r.value} {r.unit}")
-        return EXIT_OK
 
-    return asyncio.run(once())
+def _shown(value: float | None, unit: str, label: str | None, quality: str) -> str:
+    if value is None:
+        return f"– {unit} ({quality})"
+    text = f"{value:g} {unit}"
+    if label:
+        text += f" ({label})"
+    if quality != "good":
+        text += f" [{quality}]"
+    return text
+
+
+def _cmd_read(args: argparse.Namespace) -> int:
+    """One poll (or first advertisement or frame) of one device, printed with units."""
+    _quiet_logging()
+    from edgeagent.devices.tools import read_device
+
+    site = _load_site(args.config)
+    if site is None:
+        return EXIT_CONFIG
+    try:
+        result = asyncio.run(read_device(site, args.device, timeout_s=args.timeout_s))
+    except InvalidWrite as exc:  # an unknown device id
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except DeviceError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    for r in result.readings:
+        pv = result.points.get(r.point)
+        label = pv.label if pv is not None else None
+        print(f"{r.device} {r.point} = {_shown(r.value, r.unit, label, r.quality.name.lower())}")
+    return EXIT_OK
+
+
+def _cmd_write(args: argparse.Namespace) -> int:
+    """Write one point of a Modbus device, after confirmation, and read it back."""
+    _quiet_logging()
+    from edgeagent.devices.tools import write_device
+
+    site = _load_site(args.config)
+    if site is None:
+        return EXIT_CONFIG
+
+    def confirm(question: str) -> bool:
+        if args.yes:
+            print(question.rstrip("?"))
+            return True
+        print(f"{question} [y/N] ", end="", flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        return answer in ("y", "yes")
+
+    try:
+        shown, read_back = asyncio.run(write_device(site, args.device, args.point, args.value, confirm=confirm))
+    except InvalidWrite as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except DeviceError as exc:
+        print(f"{args.device}: write failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote {shown}")
+    if read_back is None:
+        print("the device was not read back afterwards", file=sys.stderr)
+    else:
+        back = _shown(read_back.value, read_back.unit, read_back.label, read_back.quality.name.lower())
+        print(f"read back: {args.device} {args.point} = {back}")
+    return EXIT_OK
+
+
+def _unit_range(text: str) -> list[int]:
+    units: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            units.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unit ids like 1-247 or 1,5,9-12, not {text!r}") from None
+    if not units or min(units) < 1 or max(units) > 247:
+        raise argparse.ArgumentTypeError("unit ids are 1-247")
+    return units
+
+
+def _cmd_scan_modbus(args: argparse.Namespace) -> int:
+    """Which unit ids answer on an RS-485 line."""
+    _quiet_logging()
+    from edgeagent.devices.tools import UnitAnswer, scan_modbus
+
+    units: list[int] = args.units
+    print(
+        f"scanning {args.port} at {args.baud} {args.bytesize}{args.parity}{args.stopbits}, "
+        f"{len(units)} unit ids, {args.timeout_ms} ms each",
+        flush=True,
+    )
+
+    def found(answer: UnitAnswer) -> None:
+        note = f" (answered {answer.note})" if answer.note else ""
+        print(f"unit {answer.unit_id}: present{note}", flush=True)
+
+    try:
+        answers = asyncio.run(
+            scan_modbus(
+                args.port,
+                baudrate=args.baud,
+                bytesize=args.bytesize,
+                parity=args.parity,
+                stopbits=args.stopbits,
+                units=units,
+                timeout_s=args.timeout_ms / 1000,
+                register=args.register,
+                function=args.function,
+                on_found=found,
+            )
+        )
+    except DeviceError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    if not answers:
+        print("no unit answered")
+        return EXIT_FAILURE
+    print(f"found {len(answers)}: {', '.join(str(a.unit_id) for a in answers)}")
+    return EXIT_OK
+
+
+def _cmd_scan_ble(args: argparse.Namespace) -> int:
+    """Which BLE senders are in range, with what they say."""
+    _quiet_logging()
+    from edgeagent.devices.tools import scan_ble
+
+    try:
+        heard = asyncio.run(scan_ble(args.seconds, adapter=args.adapter))
+    except DeviceError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    print(format_ble_scan(heard))
+    return EXIT_OK
+
+
+def format_ble_scan(heard: Sequence[Advertiser]) -> str:
+    """The table ``scan ble`` prints: address, signal, kind, decoded values."""
+    if not heard:
+        return "no advertisements heard"
+    lines = []
+    for a in heard:
+        values = ", ".join(f"{k}={v}" for k, v in a.values.items())
+        name = f" {a.name!r}" if a.name else ""
+        lines.append(f"{a.address} {a.rssi:4d} dBm {a.kind}{name}{': ' + values if values else ''}")
+    return "\n".join(lines)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -163,10 +293,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="/etc/edgeagent/edgeagent.toml")
     p.set_defaults(func=_cmd_doctor)
 
-    p = sub.add_parser("read", help="poll one device once and print its values")
+    p = sub.add_parser("read", help="poll one device once and print its values with units")
     p.add_argument("--config", required=True)
+    p.add_argument("--timeout-s", type=float, default=15.0, help="give up after this long")
     p.add_argument("device")
     p.set_defaults(func=_cmd_read)
+
+    p = sub.add_parser("write", help="write one point of a Modbus device (asks first), then read it back")
+    p.add_argument("--config", required=True)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("device")
+    p.add_argument("point")
+    p.add_argument("value", help="a number in the point's unit, on/off for a coil, or an enum label")
+    p.set_defaults(func=_cmd_write)
+
+    p = sub.add_parser("scan", help="find devices: unit ids on an RS-485 line, or BLE senders in range")
+    scan = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = scan.add_parser("modbus", help="list the unit ids that answer on a serial line")
+    q.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
+    q.add_argument("--baud", type=int, default=9600)
+    q.add_argument("--bytesize", type=int, choices=[7, 8], default=8)
+    q.add_argument("--parity", choices=["N", "E", "O"], default="N")
+    q.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    q.add_argument("--units", type=_unit_range, default=list(range(1, 248)), help="e.g. 1-247 (default) or 1,5,9-12")
+    q.add_argument("--timeout-ms", type=int, default=100, help="wait per unit id")
+    q.add_argument("--function", choices=["holding", "input", "coil", "discrete"], default="holding")
+    q.add_argument("--register", type=int, default=0, help="address asked for (any answer counts)")
+    q.set_defaults(func=_cmd_scan_modbus)
+    q = scan.add_parser("ble", help="list BLE advertisers with decoded values")
+    q.add_argument("--seconds", type=float, default=10.0)
+    q.add_argument("--adapter", help="e.g. hci0 (default: the system's)")
+    q.set_defaults(func=_cmd_scan_ble)
     return parser
 
 

@@ -109,6 +109,9 @@ class BusPoller:
     def device_ids(self) -> list[str]:
         return list(self._by_id)
 
+    def device(self, device_id: str) -> PolledDevice:
+        return self._by_id[device_id].device
+
     async def run(self) -> None:
         """Poll forever; cancelled to stop. Wakes at least once a second to check in."""
         self._running = True
