@@ -454,3 +454,13 @@ def test_bluez_group_matters_only_where_its_policy_says_so(tmp_path: Path, monke
     assert doctor._bluez_needs_group() is False
     (tmp_path / "bluetooth.conf").write_text(group_only)
     assert doctor._bluez_needs_group() is True
+
+
+async def test_bluetooth_problems_fail_only_when_the_config_has_a_ble_bus() -> None:
+    if any(Path("/sys/class/bluetooth").glob("hci*")):
+        pytest.skip("this machine has a Bluetooth adapter")
+    me = Identity.current()
+    optional = _only(await doctor.check_bluetooth(me, 1.0), "Bluetooth adapter")
+    needed = _only(await doctor.check_bluetooth(me, 1.0, needed=True, adapters={"hci0"}), "Bluetooth adapter")
+    assert (optional.status, optional.detail) == (Status.WARN, "none found (needed only for BLE sensors)")
+    assert (needed.status, needed.detail) == (Status.FAIL, "none found")

@@ -325,20 +325,24 @@ async def _bluez_on_bus(timeout_s: float) -> bool:
     return bool(reply is not None and reply.body and reply.body[0])
 
 
-def _bluetooth_radio_checks() -> list[Check]:
-    """The adapter and its rfkill switch, from sysfs."""
+def _bluetooth_radio_checks(problem: Callable[[str, str, str], Check], wanted: set[str]) -> list[Check]:
+    """The adapters and their rfkill switches, from sysfs."""
     checks: list[Check] = []
     adapters = sorted(p.name for p in Path("/sys/class/bluetooth").glob("hci*"))
     if not adapters:
         checks.append(
-            _warn(
+            problem(
                 "Bluetooth adapter",
-                "none found (needed only for BLE sensors)",
+                "none found" if wanted or problem is _fail else "none found (needed only for BLE sensors)",
                 "plug in or enable the adapter; see `dmesg | grep -i bluetooth`",
             )
         )
     else:
         checks.append(_ok("Bluetooth adapter", ", ".join(adapters)))
+        for name in sorted(wanted - set(adapters)):
+            checks.append(
+                _fail(f"Bluetooth adapter {name}", "named in the config but not present", "see `btmgmt info`")
+            )
     for kill in Path("/sys/class/rfkill").glob("rfkill*"):
         try:
             if (kill / "type").read_text().strip() != "bluetooth":
@@ -349,32 +353,37 @@ def _bluetooth_radio_checks() -> list[Check]:
         if "1" in (soft, hard):
             name = (kill / "name").read_text().strip() if (kill / "name").exists() else kill.name
             fix = "rfkill unblock bluetooth" if hard == "0" else "a hardware switch or firmware setting blocks it"
-            checks.append(_warn(f"Bluetooth radio {name}", "blocked by rfkill", fix))
+            checks.append(problem(f"Bluetooth radio {name}", "blocked by rfkill", fix))
     return checks
 
 
-async def check_bluetooth(who: Identity, timeout_s: float) -> list[Check]:
-    """BLE sensors need the system D-Bus, bluetoothd on it, and an unblocked adapter."""
+async def check_bluetooth(
+    who: Identity, timeout_s: float, *, needed: bool = False, adapters: Iterable[str] = ()
+) -> list[Check]:
+    """BLE sensors need the system D-Bus, bluetoothd on it, and an unblocked adapter.
+
+    Problems fail when the config has a BLE bus (``needed``), and only warn otherwise.
+    """
     from dbus_fast.errors import DBusFastError
 
+    problem = _fail if needed else _warn
     checks: list[Check] = []
     sock = _system_bus_path()
     if not (sock.exists() and stat.S_ISSOCK(sock.stat().st_mode)):
-        checks.append(_warn("D-Bus system bus", f"no socket at {sock}", "apt install dbus (BLE goes through BlueZ)"))
+        checks.append(problem("D-Bus system bus", f"no socket at {sock}", "apt install dbus (BLE goes through BlueZ)"))
     else:
         checks.append(_ok("D-Bus system bus", str(sock)))
         try:
             bluez = await _bluez_on_bus(timeout_s)
         except (OSError, TimeoutError, DBusFastError) as exc:
-            checks.append(_warn("BlueZ", f"cannot ask the bus: {exc!r}", "systemctl status dbus"))
+            checks.append(problem("BlueZ", f"cannot ask the bus: {exc!r}", "systemctl status dbus"))
         else:
             if bluez:
                 checks.append(_ok("BlueZ", "bluetoothd is on the system bus"))
             else:
-                checks.append(
-                    _warn("BlueZ", "bluetoothd is not running", "apt install bluez; systemctl enable --now bluetooth")
-                )
-    checks.extend(_bluetooth_radio_checks())
+                fix = "apt install bluez; systemctl enable --now bluetooth"
+                checks.append(problem("BlueZ", "bluetoothd is not running", fix))
+    checks.extend(_bluetooth_radio_checks(problem, set(adapters)))
     if _bluez_needs_group() and who.uid != 0:
         try:
             bluetooth_gid: int | None = grp.getgrnam("bluetooth").gr_gid
@@ -382,7 +391,7 @@ async def check_bluetooth(who: Identity, timeout_s: float) -> list[Check]:
             bluetooth_gid = None
         if bluetooth_gid is not None and bluetooth_gid not in who.gids:
             checks.append(
-                _warn(
+                problem(
                     f"group bluetooth for {who.name}",
                     "not a member, and this BlueZ's D-Bus policy lets only that group talk to it",
                     f"usermod -aG bluetooth {who.name}",
@@ -901,7 +910,9 @@ async def diagnose(
     if site is not None:
         report(check_config_readable(path, who))
         report(check_serial_ports(serial_ports(site), who))
-    report(await check_bluetooth(who, timeout_s))
+    ble_buses = [b for b in site.buses if getattr(b, "kind", "") == "ble"] if site is not None else []
+    wanted = {str(b.adapter) for b in ble_buses if getattr(b, "adapter", None)}
+    report(await check_bluetooth(who, timeout_s, needed=bool(ble_buses), adapters=wanted))
     if site is not None:
         report(check_store(site.gateway.state_dir, who))
     report(check_clock())
