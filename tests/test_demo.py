@@ -44,7 +44,7 @@ async def test_demo_shows_a_live_changing_level_and_growing_ingest() -> None:
         async with aiohttp.ClientSession() as http:
             while time.monotonic() - started < 10 and (len(set(levels)) < 2 or len(set(counts)) < 2):
                 status = await _json(http, status_url)
-                (device,) = status["devices"]
+                device = next(d for d in status["devices"] if d["id"] == "wl-01")
                 if device["state"] == "online":
                     (point,) = device["points"]
                     assert point["unit"] == "mm"

@@ -75,6 +75,7 @@ class RtuBusSimulator:
         self.answered = 0
         self.unanswered = 0
         self.log: list[tuple[int, int, int, int]] = []  # (unit, function, address, count), bounded
+        self.arrivals: list[float] = []  # when each request arrived (monotonic), bounded like the log
         self._pty: PtyEnd | None = None
         self._queue: asyncio.Queue[tuple[rtu.RtuRequest, int, float]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -128,6 +129,7 @@ class RtuBusSimulator:
             self.requests += 1
             if len(self.log) < 100_000:
                 self.log.append((request.unit, request.function, request.address, request.count))
+                self.arrivals.append(received)
             answer = self._answer(request)
             if answer is None:
                 self.unanswered += 1

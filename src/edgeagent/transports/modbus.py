@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -96,9 +97,11 @@ class ModbusTransport:
         client = self._make_client()
         try:
             ok = await asyncio.wait_for(client.connect(), timeout=self.timeout_s + 1)
-        except (TimeoutError, OSError, ModbusException) as exc:
+        except (TimeoutError, OSError, ModbusException, termios.error) as exc:
+            # termios.error: a serial port that refuses its settings (pyserial lets it through).
             ok = False
-            self._last_dial_error = str(exc) or type(exc).__name__
+            self._last_dial_error = describe_serial_error(exc) if isinstance(exc, termios.error) else str(exc)
+            self._last_dial_error = self._last_dial_error or type(exc).__name__
         else:
             if not ok:
                 self._last_dial_error = self._dial_error()
@@ -289,7 +292,7 @@ def serial_open_error(port: str, **settings: object) -> str:
     """Why a serial port cannot be opened with these settings ("" if it can, now)."""
     try:
         probe = serial.Serial(port, exclusive=True, timeout=0, **settings)  # type: ignore[arg-type]
-    except (serial.SerialException, ValueError) as exc:
+    except (serial.SerialException, ValueError, termios.error) as exc:
         return describe_serial_error(exc)
     probe.close()
     return "opened, but the Modbus client could not use it"
@@ -298,6 +301,8 @@ def serial_open_error(port: str, **settings: object) -> str:
 def describe_serial_error(exc: BaseException) -> str:
     """A serial error as a technician wants to read it."""
     text = str(exc)
+    if isinstance(exc, termios.error) and exc.args:
+        text = f"[Errno {exc.args[0]}] {exc.args[-1]}"
     if "Invalid argument" in text:
         return f"{text} (the port refuses these settings; a pty accepts only 8N1)"
     if "Could not exclusively lock" in text or "Resource temporarily unavailable" in text:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import termios
 import time
 
 import serial
@@ -75,7 +76,7 @@ class SerialLine:
             )
         try:
             port = serial.Serial(self.port, exclusive=True, timeout=0, write_timeout=0, **self.settings)
-        except (serial.SerialException, ValueError) as exc:
+        except (serial.SerialException, ValueError, termios.error) as exc:
             self._last_open_error = describe_serial_error(exc)
             self._next_open = time.monotonic() + self._backoff.next_delay()
             raise DeviceUnreachable(f"cannot open {self.port}: {self._last_open_error}") from exc
