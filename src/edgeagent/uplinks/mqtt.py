@@ -79,6 +79,7 @@ OFFLINE = b"offline"
 AUTH_REASON_CODES = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 # PUBACK reason codes >= 0x80 that a later retry may clear (quota exceeded, packet id in use).
 TRANSIENT_PUBACK_CODES = frozenset({0x91, 0x97})
+UNSPECIFIED_ERROR = 0x80
 
 
 class LinkState(enum.Enum):
@@ -168,8 +169,12 @@ class _Client(aiomqtt.Client):
             disconnected.exception()  # retrieved here, or asyncio logs it as never retrieved
         if flags.is_disconnect_packet_from_server:
             self.end(f"broker closed the connection: {reason_code}")
+        elif self.paho_log.last_error:
+            self.end(f"connection lost: {self.paho_log.last_error}")
+        elif reason_code.value == UNSPECIFIED_ERROR:  # paho's word for an orderly end of stream
+            self.end("connection closed by the broker")
         else:
-            self.end(f"connection lost: {self.paho_log.last_error or reason_code}")
+            self.end(f"connection lost: {reason_code}")
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         super()._on_socket_close(client, userdata, sock)
