@@ -39,7 +39,7 @@ class PwdDevice:
         self.timeout_s = (cfg.timeout_ms or profile.response_timeout_ms) / 1000
         self._framer = PwdFramer()
         self._decode = decode_message7 if profile.message == 7 else decode_message2
-        self._garbled = 0
+        self._framing_errors = 0
 
     @property
     def address(self) -> str:
@@ -47,7 +47,7 @@ class PwdDevice:
 
     @property
     def framing_errors(self) -> int:
-        return self._framer.framing_errors + self._garbled
+        return self._framing_errors
 
     async def poll(self, line: SerialLine, transact: Transact) -> list[Reading]:
         message: PwdMessage2 = await transact(lambda: self._exchange(line))
@@ -56,29 +56,36 @@ class PwdDevice:
     async def _exchange(self, line: SerialLine) -> PwdMessage2:
         line.discard_input()  # a late answer to an earlier poll is not this poll's answer
         self._framer.reset()
-        line.write(encode_poll(self.sensor_id, self.profile.message))
-        deadline = time.monotonic() + self.timeout_s
-        last_problem = ""
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeviceTimeout(f"no answer from PWD {self.sensor_id} on {line.label} within {self.timeout_s:g} s")
-            try:
-                chunk = await line.read(remaining)
-            except DeviceTimeout as exc:
-                detail = f" (last reply was garbled: {last_problem})" if last_problem else ""
-                raise DeviceTimeout(
-                    f"no valid answer from PWD {self.sensor_id} on {line.label} within {self.timeout_s:g} s{detail}"
-                ) from exc
-            for frame in self._framer.feed(chunk):
+        skipped = self._framer.skipped_bytes
+        garbled = False
+        try:
+            line.write(encode_poll(self.sensor_id, self.profile.message))
+            deadline = time.monotonic() + self.timeout_s
+            last_problem = ""
+            while True:
+                remaining = deadline - time.monotonic()
                 try:
-                    message = self._decode(frame)
-                except DecodeError as exc:
-                    self._garbled += 1
-                    last_problem = str(exc)
-                    continue
-                if message.sensor_id.strip() == self.sensor_id:
-                    return message
+                    if remaining <= 0:
+                        raise DeviceTimeout("deadline passed")
+                    chunk = await line.read(remaining)
+                except DeviceTimeout as exc:
+                    detail = f" (the reply was garbled: {last_problem})" if last_problem else ""
+                    raise DeviceTimeout(
+                        f"no valid answer from PWD {self.sensor_id} on {line.label} within {self.timeout_s:g} s{detail}"
+                    ) from exc
+                for frame in self._framer.feed(chunk):
+                    try:
+                        message = self._decode(frame)
+                    except DecodeError as exc:
+                        garbled = True
+                        last_problem = str(exc)
+                        continue
+                    if message.sensor_id.strip() == self.sensor_id:
+                        return message
+        finally:
+            # One exchange with noise, a cut or an undecodable reply is one framing error.
+            if garbled or self._framer.skipped_bytes > skipped or self._framer.buffered_bytes:
+                self._framing_errors += 1
 
     def readings(self, message: PwdMessage2, ts: float) -> list[Reading]:
         """The profile's points out of one decoded message."""
