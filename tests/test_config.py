@@ -109,3 +109,190 @@ def test_run_with_bad_config_exits_before_touching_the_store(tmp_path: Path) -> 
     assert result.returncode == 2
     assert "devices[0].unit_id" in result.stderr
     assert not state.exists()
+
+
+# Field buses and device addresses -------------------------------------------------------
+
+_ASSET = {"location": "x", "owner": "y"}
+
+
+def _field_site(buses: list[dict[str, object]], devices: list[dict[str, object]]) -> list[str]:
+    from edgeagent.config import parse_config
+
+    data = {
+        "gateway": {"id": "gw"},
+        "buses": buses,
+        "devices": [{"asset": _ASSET, **d} for d in devices],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, file="site.toml")
+    return [str(p) for p in info.value.problems]
+
+
+RTU = {"name": "rtu", "kind": "modbus_rtu", "port": "/dev/ttyUSB0"}
+SERIAL = {"name": "ser", "kind": "serial", "port": "/dev/ttyUSB1"}
+BLE = {"name": "ble", "kind": "ble"}
+
+
+@pytest.mark.parametrize(
+    ("buses", "devices", "expected"),
+    [
+        (
+            [RTU],
+            [{"id": "a", "profile": "vaisala_pwd22", "bus": "rtu"}],
+            "devices[0].bus: profile 'vaisala_pwd22' speaks vaisala_pwd; bus 'rtu' is modbus_rtu, not serial",
+        ),
+        ([RTU], [{"id": "a", "profile": "generic_water_level", "bus": "rtu"}], "devices[0].unit_id: required"),
+        ([BLE], [{"id": "a", "profile": "ruuvitag", "bus": "ble"}], "devices[0].mac: required for a ruuvi device"),
+        (
+            [BLE],
+            [{"id": "a", "profile": "ruuvitag", "bus": "ble", "mac": "AA:BB:CC:DD:EE:FF", "unit_id": 3}],
+            "devices[0].unit_id: not used by a ruuvi device",
+        ),
+        (
+            [BLE],
+            [{"id": "a", "profile": "ruuvitag", "bus": "ble", "mac": "AA:BB:CC:DD:EE:FF", "key": "00" * 16}],
+            "devices[0].key: only BTHome devices take a key",
+        ),
+        (
+            [BLE],
+            [{"id": "a", "profile": "bthome_manhole_water", "bus": "ble", "mac": "AA:BB:CC:DD:EE:FF", "key": "xyz"}],
+            "devices[0].key: a BTHome key is 32 hex digits",
+        ),
+        (
+            [BLE],
+            [
+                {"id": "a", "profile": "ruuvitag", "bus": "ble", "mac": "aa:bb:cc:dd:ee:ff"},
+                {"id": "b", "profile": "ruuvitag", "bus": "ble", "mac": "AA:BB:CC:DD:EE:FF"},
+            ],
+            "devices[1].mac: MAC AA:BB:CC:DD:EE:FF used twice on bus 'ble'",
+        ),
+        (
+            [SERIAL],
+            [
+                {"id": "a", "profile": "ti_mmwave_radar", "bus": "ser"},
+                {"id": "b", "profile": "ti_mmwave_radar", "bus": "ser"},
+            ],
+            "buses[0]: a radar streams on its own port: one device only",
+        ),
+        (
+            [SERIAL],
+            [
+                {"id": "a", "profile": "ti_mmwave_radar", "bus": "ser"},
+                {"id": "b", "profile": "vaisala_pwd22", "bus": "ser"},
+            ],
+            "buses[0]: one protocol per serial port, got ti_mmwave, vaisala_pwd",
+        ),
+        ([{**RTU, "parity": "X"}], [], "buses[0].parity: Input should be 'N', 'E' or 'O'"),
+        (
+            [{"name": "x", "kind": "can"}],
+            [],
+            "buses[0].kind: Input should be 'modbus_tcp', 'modbus_rtu', 'serial' or 'ble'",
+        ),
+        ([{**BLE, "adapter": "wlan0"}], [], "buses[0].adapter: String should match pattern"),
+        (
+            [RTU],
+            [{"id": "a", "profile": "generic_water_level", "bus": "rtu", "unit_id": 1, "stale_after_s": 5}],
+            "devices[0].stale_after_s: polled devices go offline by failed polls",
+        ),
+    ],
+)
+def test_field_bus_problems_name_the_key_path(
+    buses: list[dict[str, object]], devices: list[dict[str, object]], expected: str
+) -> None:
+    problems = _field_site(buses, devices)
+    assert any(p.startswith(f"site.toml: {expected}") for p in problems), problems
+
+
+def test_key_and_key_file_together_are_refused(tmp_path: Path) -> None:
+    problems = _field_site(
+        [BLE],
+        [
+            {
+                "id": "a",
+                "profile": "bthome_manhole_water",
+                "bus": "ble",
+                "mac": "AA:BB:CC:DD:EE:FF",
+                "key": "00" * 16,
+                "key_file": "k.key",
+            }
+        ],
+    )
+    assert any("give key or key_file, not both" in p for p in problems), problems
+
+
+def test_serial_framing_comes_from_the_profile_unless_the_bus_sets_it(tmp_path: Path) -> None:
+    from edgeagent.config import SerialBus, load_config, serial_settings
+    from edgeagent.profiles import PwdProfile, load_profile
+
+    path = tmp_path / "site.toml"
+    path.write_text(
+        """
+[gateway]
+id = "gw"
+[[buses]]
+name = "pwd"
+kind = "serial"
+port = "/dev/ttyUSB1"
+[[buses]]
+name = "pwd-test"
+kind = "serial"
+port = "/dev/pts/9"
+bytesize = 8
+parity = "N"
+[[devices]]
+id = "a"
+profile = "vaisala_pwd22"
+bus = "pwd"
+[devices.asset]
+location = "x"
+owner = "y"
+[[devices]]
+id = "b"
+profile = "vaisala_pwd22"
+bus = "pwd-test"
+sensor_id = "2"
+[devices.asset]
+location = "x"
+owner = "y"
+"""
+    )
+    site = load_config(path)
+    profile = load_profile("vaisala_pwd22")
+    assert isinstance(profile, PwdProfile)
+    production, test = site.buses
+    assert isinstance(production, SerialBus) and isinstance(test, SerialBus)
+    assert serial_settings(production, profile).model_dump() == {
+        "baudrate": 9600,
+        "bytesize": 7,
+        "parity": "E",
+        "stopbits": 1,
+    }
+    assert (serial_settings(test, profile).bytesize, serial_settings(test, profile).parity) == (8, "N")
+
+
+def test_key_file_is_relative_to_the_config(tmp_path: Path) -> None:
+    from edgeagent.config import load_config
+
+    path = tmp_path / "site.toml"
+    path.write_text(
+        """
+[gateway]
+id = "gw"
+[[buses]]
+name = "ble"
+kind = "ble"
+[[devices]]
+id = "mh"
+profile = "bthome_manhole_water"
+bus = "ble"
+mac = "54:48:e6:8f:80:a5"
+key_file = "keys/mh.key"
+[devices.asset]
+location = "x"
+owner = "y"
+"""
+    )
+    (device,) = load_config(path).devices
+    assert device.key_file == tmp_path / "keys" / "mh.key"
+    assert device.mac == "54:48:E6:8F:80:A5"

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 
 from edgeagent.config import parse_config
 from edgeagent.devices import ModbusDevice
-from edgeagent.errors import DecodeError
-from edgeagent.profiles import available_profiles, drivers_dir, load_profile, load_profile_file
+from edgeagent.errors import ConfigError, DecodeError
+from edgeagent.profiles import (
+    PWD_MESSAGE7_FIELDS,
+    ModbusProfile,
+    PwdProfile,
+    available_profiles,
+    drivers_dir,
+    load_profile,
+    load_profile_file,
+)
+from edgeagent.protocols.vaisala_pwd import PwdMessage7
 
 PROFILE_FILES = sorted(drivers_dir().glob("*.toml"))
 
@@ -73,3 +83,94 @@ def test_implausible_decimals_is_a_decode_error() -> None:
     device = _device()
     with pytest.raises(DecodeError, match="decimals"):
         device.decode([(device.spans[0], [2, 40, 0, 10])], ts=1.0)
+
+
+# Every protocol's profiles -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PROFILE_FILES, ids=lambda p: p.stem)
+def test_profile_is_a_complete_asset_description(path: Path) -> None:
+    profile = load_profile_file(path)
+    assert profile.asset.category, "asset fields: what kind of device this is"
+    assert profile.protocol in ("modbus", "vaisala_pwd", "ti_mmwave", "bthome", "ruuvi")
+    names = [p.name for p in profile.points]
+    assert len(names) == len(set(names))
+    if isinstance(profile, ModbusProfile):
+        # Every point is read by the planned requests, none of which touches a forbidden range.
+        device = ModbusDevice(_device().cfg.model_copy(update={"profile": path.stem}), profile)
+        for span in device.spans:
+            for f in profile.forbidden:
+                assert not (span.function == f.function and span.start <= f.last and f.first < span.end)
+
+
+def test_roadside_driver_set_is_shipped() -> None:
+    assert {
+        "generic_water_level",
+        "urm13_ultrasonic",
+        "generic_visibility_modbus",
+        "vaisala_pwd22",
+        "ti_mmwave_radar",
+        "smart_lamp_controller",
+        "bthome_manhole_water",
+        "ruuvitag",
+    } <= set(available_profiles())
+    pwd = load_profile("vaisala_pwd22")
+    assert isinstance(pwd, PwdProfile)
+    assert (pwd.serial.bytesize, pwd.serial.parity, pwd.serial.baudrate) == (7, "E", 9600)
+
+
+def test_pwd_profile_fields_are_the_decoders_numeric_fields() -> None:
+    hints = typing.get_type_hints(PwdMessage7)
+    numeric = {name for name, tp in hints.items() if set(typing.get_args(tp)) & {int, float} and name != "missing"}
+    assert numeric == set(PWD_MESSAGE7_FIELDS)
+
+
+def _bad(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_profile_file(path)
+    return [str(p) for p in info.value.problems]
+
+
+HEAD = 'manufacturer = "X"\nmodel = "Y"\nasset = { category = "test" }\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            'protocol = "modbus"\n[[points]]\nname = "a"\naddress = 0\ntype = "int16"\nbit = 3\nunit = "flag"',
+            "points[0]: a bit field needs an unsigned type",
+        ),
+        (
+            'protocol = "modbus"\n[[points]]\nname = "a"\naddress = 0\ntype = "uint16"\nbit = 12\nbits = 8\nunit = "x"',
+            "do not fit uint16",
+        ),
+        (
+            'protocol = "modbus"\n[[points]]\nname = "a"\nfunction = "input"\naddress = 0\nunit = "V"\nwritable = true',
+            "only holding registers and coils can be written",
+        ),
+        (
+            'protocol = "modbus"\n[[points]]\nname = "a"\nfunction = "coil"\naddress = 0\nscale = 2.0\nunit = "flag"',
+            "a coil or discrete input has no bit field, scale",
+        ),
+        ('protocol = "vaisala_pwd"\n[[points]]\nname = "a"\nfield = "colour"\nunit = "m"', "has no numeric field"),
+        ('protocol = "ti_mmwave"\n[[points]]\nname = "a"\nfield = "range"\nunit = "m"\nfoo = 1', "points[0].foo"),
+        ('protocol = "carrier_pigeon"', "bad.toml: protocol: Input should be 'modbus', 'vaisala_pwd'"),
+    ],
+)
+def test_bad_profiles_name_the_key_path(tmp_path: Path, body: str, expected: str) -> None:
+    problems = _bad(tmp_path, HEAD + body)
+    assert any(expected in p for p in problems), problems
+    # A discriminated union's tag never shows in the path the reader sees.
+    assert not any(".modbus." in p or ".vaisala_pwd." in p or ".ti_mmwave." in p for p in problems)
+
+
+def test_a_profile_needs_asset_fields(tmp_path: Path) -> None:
+    problems = _bad(
+        tmp_path,
+        'manufacturer = "X"\nmodel = "Y"\nprotocol = "ruuvi"\n'
+        '[[points]]\nname = "t"\nfield = "temperature_c"\nunit = "Cel"',
+    )
+    assert any(p.endswith("asset: Field required") for p in problems), problems
