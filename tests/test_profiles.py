@@ -11,6 +11,7 @@ from edgeagent.config import parse_config
 from edgeagent.devices import ModbusDevice
 from edgeagent.errors import ConfigError, DecodeError
 from edgeagent.profiles import (
+    DRIVERS_PATH_ENV,
     PWD_MESSAGE7_FIELDS,
     ModbusProfile,
     PwdProfile,
@@ -174,3 +175,13 @@ def test_a_profile_needs_asset_fields(tmp_path: Path) -> None:
         '[[points]]\nname = "t"\nfield = "temperature_c"\nunit = "Cel"',
     )
     assert any(p.endswith("asset: Field required") for p in problems), problems
+
+
+def test_a_sites_own_profiles_are_found_besides_the_shipped_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = (drivers_dir() / "generic_water_level.toml").read_text()
+    (tmp_path / "site_own_level.toml").write_text(shipped.replace("RS-485 water-level transmitter", "Site copy"))
+    monkeypatch.setenv(DRIVERS_PATH_ENV, str(tmp_path))
+    assert load_profile("site_own_level").model == "Site copy"
+    assert {"site_own_level", "generic_water_level"} <= set(available_profiles())

@@ -10,6 +10,7 @@ the repository's ``drivers/`` folder.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -325,12 +326,22 @@ PROTOCOLS = ("modbus", "vaisala_pwd", "ti_mmwave", "bthome", "ruuvi")
 _PROFILE: TypeAdapter[Profile] = TypeAdapter(Profile)
 
 
+DRIVERS_PATH_ENV = "EDGEAGENT_DRIVERS_PATH"
+"""Colon-separated folders of a site's own profiles, searched before the shipped ones."""
+
+
 def drivers_dir() -> Path:
-    """Where profiles live: inside the installed package, else the source checkout."""
+    """Where the shipped profiles live: inside the installed package, else the source checkout."""
     packaged = Path(__file__).resolve().parent / "drivers"
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parents[2] / "drivers"
+
+
+def profile_dirs() -> list[Path]:
+    """Every folder profiles are looked up in, first match wins: the site's own, then the shipped."""
+    extra = [Path(p) for p in os.environ.get(DRIVERS_PATH_ENV, "").split(":") if p]
+    return [*extra, drivers_dir()]
 
 
 _TAG_KEYS = ("kind", "protocol")
@@ -409,15 +420,16 @@ def load_profile_file(path: Path) -> Profile:
 
 @cache
 def load_profile(name: str) -> Profile:
-    """Load a shipped profile by name (its file name without ``.toml``)."""
+    """Load a profile by name (its file name without ``.toml``), a site's own before a shipped one."""
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError([ConfigProblem("", "", f"invalid profile name {name!r}")])
-    path = drivers_dir() / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError([ConfigProblem(str(path), "", f"no such profile {name!r}")])
-    return load_profile_file(path)
+    for folder in profile_dirs():
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return load_profile_file(path)
+    raise ConfigError([ConfigProblem(str(drivers_dir() / f"{name}.toml"), "", f"no such profile {name!r}")])
 
 
 def available_profiles() -> list[str]:
-    """Names of every shipped profile."""
-    return sorted(p.stem for p in drivers_dir().glob("*.toml"))
+    """Names of every profile that can be loaded (the site's own and the shipped ones)."""
+    return sorted({p.stem for folder in profile_dirs() for p in folder.glob("*.toml")})
