@@ -8,30 +8,13 @@ card wear, not just file growth. Run: python bench/ingest.py [--readings N] [--d
 from __future__ import annotations
 
 import argparse
-import random
 import tempfile
 import time
 from pathlib import Path
 
-from edgeagent.model import Reading
+from _common import make_readings, write_bytes
+
 from edgeagent.store import open_core_for_bench
-
-
-def write_bytes() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    raise RuntimeError("no write_bytes in /proc/self/io")
-
-
-def make_readings(n: int) -> list[Reading]:
-    """A realistic mix: 10 devices x 5 points, millisecond times, one-decimal values."""
-    rng = random.Random(1)
-    t0 = time.time()
-    return [
-        Reading(f"dev-{i % 10:02d}", f"point_{i % 5}", t0 + i * 0.001, round(rng.uniform(0, 500), 1), "mm")
-        for i in range(n)
-    ]
 
 
 def run(batch: int, total: int, folder: Path) -> tuple[float, float]:

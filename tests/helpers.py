@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ def site_toml(
     timeout_ms: int = 500,
     uplink_timeout_s: float = 2.0,
     unit_ids: tuple[int, ...] = (1,),
+    device_tags: dict[int, list[str]] | None = None,
     extra: str = "",
 ) -> str:
     """A complete site config as TOML text, for one bus of water-level sensors."""
@@ -33,6 +35,7 @@ bus = "flood"
 unit_id = {uid}
 poll_interval_s = {poll_interval_s}
 backoff_max_s = 1.0
+tags = {json.dumps((device_tags or {}).get(uid, []))}
 [devices.asset]
 location = "test bench, position {uid}"
 owner = "tests"

@@ -296,3 +296,11 @@ owner = "y"
     (device,) = load_config(path).devices
     assert device.key_file == tmp_path / "keys" / "mh.key"
     assert device.mac == "54:48:E6:8F:80:A5"
+
+
+def test_unreadable_token_file_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    text = _good(tmp_path).replace('kind = "http"', f'kind = "http"\ntoken_file = "{tmp_path / "missing.token"}"')
+    result = _cli("run", "--config", str(_write(tmp_path, text)))
+    assert result.returncode == 2, result.stderr
+    assert "uplinks.platform.token_file: cannot read: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -60,6 +60,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except ConfigError as exc:
+        # Found only at start (an unreadable secret file, say): a restart would not help.
+        for problem in exc.problems:
+            log.error("config: %s", problem)
+        return EXIT_CONFIG
     except EdgeAgentError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

@@ -234,6 +234,9 @@ class _Core:
         self.rows: dict[Priority, int] = dict.fromkeys(TABLES, 0)
         self.bytes: dict[Priority, float] = dict.fromkeys(TABLES, 0.0)
         self.dropped: dict[str, dict[str, int]] = {}
+        # Highest sequence number a policy has deleted, per class: a batch held for a retry
+        # that reaches back to it holds readings that no longer exist and must be re-read.
+        self.dropped_upto: dict[Priority, int] = dict.fromkeys(TABLES, 0)
         self.moved_aside: str | None = None
 
     # -- opening -------------------------------------------------------------------
@@ -431,6 +434,7 @@ class _Core:
             self._forget_unsent(prio, seqs)
             if seqs:
                 self._count_drop(prio, reason, len(seqs))
+                self.dropped_upto[prio] = max(self.dropped_upto[prio], seqs[-1])
         for prio, n in rejected.items():
             self._count_drop(prio, "rejected_full", n)
         for prio, batch in rows.items():
@@ -795,6 +799,10 @@ class Store:
                     self._counters.last_error = None
                 for event in self._listeners:
                     event.set()
+
+    def still_whole(self, batch: Batch) -> bool:
+        """False when a budget policy has since deleted readings this batch reaches back to."""
+        return batch.first_seq > self._core.dropped_upto[batch.priority]
 
     async def next_batch(self, destination: str, limit: int) -> Batch | None:
         return await self._run(self._core.read_batch, destination, limit)

@@ -53,6 +53,7 @@ class IngestServer:
         self.faults: deque[Fault] = deque()
         self.received = asyncio.Event()
         self.first_request_time: float | None = None
+        self.request_log: list[tuple[float, int]] = []  # (arrival, status answered; 0 = hang/reset)
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -64,12 +65,19 @@ class IngestServer:
         """Every distinct sequence number received, sorted."""
         return sorted(s for g, s in self.records if gateway is None or g == gateway)
 
+    def gaps_after_status(self, status: int) -> list[float]:
+        """Seconds from each answer with ``status`` to the sender's next request."""
+        log = self.request_log
+        return [log[i + 1][0] - t for i, (t, s) in enumerate(log[:-1]) if s == status]
+
     async def _ingest(self, request: web.Request) -> web.StreamResponse:
         self.stats.requests += 1
+        now = time.monotonic()
         if self.first_request_time is None:
-            self.first_request_time = time.monotonic()
+            self.first_request_time = now
         if self.faults:
             fault = self.faults.popleft()
+            self.request_log.append((now, fault.status if fault.kind == "status" else 0))
             if fault.kind == "hang":
                 await self._closing.wait()  # never answered; released at shutdown
             if fault.kind == "reset":
@@ -102,6 +110,7 @@ class IngestServer:
             self.arrival_order.append(seq)
             self.stats.readings_received += 1
         self.stats.batches_accepted += 1
+        self.request_log.append((now, 200))
         self.stats.arrival_times.append(time.monotonic())
         self.received.set()
         return web.json_response({"accepted": len(records)})

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from edgeagent.backoff import Backoff
 from edgeagent.errors import UplinkRejected, UplinkRetryLater
 from edgeagent.live import UplinkLive
-from edgeagent.store import Store
+from edgeagent.store import Batch, Store
 from edgeagent.sync.pacing import TokenBucket
 from edgeagent.sync.senml import encode_gzip
 from edgeagent.uplinks import Uplink
@@ -55,6 +55,7 @@ class SyncWorker:
         self._wake = store.subscribe()
         self._stopping = asyncio.Event()
         self._last_problem: str | None = None
+        self._held: tuple[Batch, bytes] | None = None  # sent but not yet acknowledged
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from ``run``."""
@@ -94,14 +95,21 @@ class SyncWorker:
         while not self._stopping.is_set():
             self._beat()
             self._wake.clear()
-            batch = await self.store.next_batch(name, self.batch_max_readings)
-            if batch is None:
-                await self._wait_for_data()
-                continue
-            if not batch.readings:  # everything scanned was filtered out for this destination
-                await self.store.ack(batch)
-                continue
-            payload = encode_gzip(self.gateway_id, batch.readings)
+            if self._held is not None and not self.store.still_whole(self._held[0]):
+                self._held = None  # the buffer was full and dropped part of it: read afresh
+            if self._held is not None:
+                # A retry sends the very same batch, so its idempotency key does not change.
+                batch, payload = self._held
+            else:
+                batch = await self.store.next_batch(name, self.batch_max_readings)
+                if batch is None:
+                    await self._wait_for_data()
+                    continue
+                if not batch.readings:  # everything scanned was filtered out for this destination
+                    await self.store.ack(batch)
+                    continue
+                payload = encode_gzip(self.gateway_id, batch.readings)
+                self._held = (batch, payload)
             if self._bucket is not None:
                 await self._pause(self._bucket.delay_for(len(payload)))
                 if self._stopping.is_set():
@@ -128,6 +136,7 @@ class SyncWorker:
                 continue
             if self._bucket is not None:
                 self._bucket.spend(len(payload))
+            self._held = None
             await self.store.ack(batch)
             self._backoff.reset()
             if self._last_problem is not None:

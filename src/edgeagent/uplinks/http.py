@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from edgeagent.config import HttpUplinkConfig
-from edgeagent.errors import UplinkRejected, UplinkRetryLater
+from edgeagent.errors import ConfigError, ConfigProblem, UplinkRejected, UplinkRetryLater
 from edgeagent.store import Batch
 from edgeagent.sync.senml import CONTENT_TYPE
 
@@ -71,9 +71,14 @@ class HttpUplink:
 
     async def start(self) -> None:
         if self.cfg.token_file is not None:
-            token = self.cfg.token_file.read_text().strip()
+            where = f"uplinks.{self.name}.token_file"
+            try:
+                token = self.cfg.token_file.read_text().strip()
+            except OSError as exc:
+                problem = ConfigProblem(str(self.cfg.token_file), where, f"cannot read: {exc.strerror}")
+                raise ConfigError([problem]) from exc
             if not token:
-                raise UplinkRejected(0, f"token file {self.cfg.token_file} is empty")
+                raise ConfigError([ConfigProblem(str(self.cfg.token_file), where, "the token file is empty")])
             self._auth = f"Bearer {token}"
         self._session = self._new_session()
 
