@@ -17,10 +17,9 @@ import os
 import signal
 import time
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from bleak.backends.scanner import BaseBleakScanner
 
 from edgeagent.config import SiteConfig, profiles_for
 from edgeagent.devices import BusPoller
@@ -34,6 +33,9 @@ from edgeagent.store import Budget, DestinationFilter, Store
 from edgeagent.sync.worker import SyncWorker
 from edgeagent.uplinks import make_uplink
 from edgeagent.web.app import make_app, status_builder
+
+if TYPE_CHECKING:
+    from bleak.backends.scanner import BaseBleakScanner
 
 log = logging.getLogger(__name__)
 

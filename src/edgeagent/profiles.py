@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from edgeagent.errors import ConfigError, ConfigProblem, DecodeError
-from edgeagent.protocols import bthome
 from edgeagent.protocols.modbus import DataType, Function, WordOrder, plan_reads, register_count, value_bits
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")]
@@ -49,9 +48,16 @@ RADAR_FIELDS = frozenset({"target_count", "nearest_range_m", "approach_speed_m_s
 BLE_EXTRA_FIELDS = frozenset({"rssi_dbm"})
 """Fields every BLE device has besides its payload: the received signal strength."""
 _BTHOME_NOT_NUMERIC = (0x00, 0x53, 0x54)  # packet id, text, raw
-BTHOME_FIELDS = (
-    frozenset(t.name for i, t in bthome.OBJECT_TYPES.items() if i not in _BTHOME_NOT_NUMERIC) | BLE_EXTRA_FIELDS
-)
+
+
+@cache
+def bthome_fields() -> frozenset[str]:
+    """Names of BTHome objects a point can report (imported late: it pulls in the AES code)."""
+    from edgeagent.protocols import bthome
+
+    return frozenset(t.name for i, t in bthome.OBJECT_TYPES.items() if i not in _BTHOME_NOT_NUMERIC) | BLE_EXTRA_FIELDS
+
+
 RUUVI_FIELDS = (
     frozenset(
         {
@@ -299,7 +305,7 @@ class BthomeProfile(_ProfileBase):
 
     @model_validator(mode="after")
     def _fields(self) -> BthomeProfile:
-        _fields_known(self.points, BTHOME_FIELDS, "BTHome")
+        _fields_known(self.points, bthome_fields(), "BTHome")
         return self
 
 

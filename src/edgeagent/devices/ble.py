@@ -193,7 +193,7 @@ class BleListener:
         self.scanner = BleScanner(
             self._on_advertisement, adapter=bus.adapter, scanning_mode=bus.scanning_mode, backend=backend
         )
-        self._retry = Backoff(bus.reconnect_min_ms / 1000, bus.reconnect_max_ms / 1000)
+        self._retry = Backoff(bus.reconnect_min_ms / 1000, bus.reconnect_max_ms / 1000, full_jitter=False)
         self._last_any = time.monotonic()
         self._last_seen = {mac: time.monotonic() for mac in self.devices}
         self._next_restart = 0.0

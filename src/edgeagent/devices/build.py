@@ -9,8 +9,7 @@ the same runners for one device to read or write it once.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-
-from bleak.backends.scanner import BaseBleakScanner
+from typing import TYPE_CHECKING, Protocol
 
 from edgeagent.config import (
     BleBus,
@@ -22,7 +21,6 @@ from edgeagent.config import (
     SiteConfig,
     serial_settings,
 )
-from edgeagent.devices.ble import BleDevice, BleListener, BthomeDevice, RuuviDevice
 from edgeagent.devices.modbus import ModbusDevice
 from edgeagent.devices.pwd import PwdDevice
 from edgeagent.devices.radar import RadarDevice, RadarReader
@@ -40,7 +38,19 @@ from edgeagent.profiles import (
 from edgeagent.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
 from edgeagent.transports.serial import SerialLine
 
-Runner = BusPoller | RadarReader | BleListener
+if TYPE_CHECKING:
+    from bleak.backends.scanner import BaseBleakScanner
+
+
+class Runner(Protocol):
+    """What owns a bus: a ``BusPoller``, a ``RadarReader`` or a ``BleListener``."""
+
+    name: str
+
+    @property
+    def device_ids(self) -> list[str]: ...
+
+    async def run(self) -> None: ...
 
 
 def bus_target(bus: BusConfig) -> str:
@@ -108,6 +118,9 @@ def build_runners(
         elif isinstance(bus, SerialBus):
             runners.append(_serial_runner(bus, configs, profiles, live, on_readings, beat, bus_live))
         else:
+            # Imported only for a site with BLE: bleak and the AES code cost memory.
+            from edgeagent.devices.ble import BleDevice, BleListener, BthomeDevice, RuuviDevice
+
             devices: list[BleDevice] = []
             for cfg in configs:
                 profile = profiles[cfg.profile]

@@ -76,7 +76,9 @@ class ModbusDevice:
             forbidden=[(f.function, f.first, f.last) for f in profile.forbidden],
         )
         self._plan = [self._slots(p) for p in profile.points]
+        self._fast = [_fast_plan(p, slot) for p, slot, _, _ in self._plan]
         self._points = {p.name: p for p in profile.points}
+        self._has_enums = any(p.enum for p in profile.points)
 
     @property
     def address(self) -> str:
@@ -117,7 +119,16 @@ class ModbusDevice:
             blocks.append(values)
         readings = []
         device = self.id
-        for p, slot, decimals_slot, unit_slot in self._plan:
+        for (p, slot, decimals_slot, unit_slot), fast in zip(self._plan, self._fast, strict=True):
+            if fast is not None:
+                # The common case (a plain 16-bit register, scaled) without the general path's checks.
+                signed, divisor, scale = fast
+                raw = blocks[slot.span][slot.offset]
+                if signed and raw & 0x8000:
+                    raw -= 0x10000
+                value = raw / divisor if divisor else raw * scale
+                readings.append(Reading(device, p.name, ts, float(value), p.unit))
+                continue
             words = blocks[slot.span][slot.offset : slot.offset + slot.count]
             readings.append(self._decode_point(device, p, words, decimals_slot, unit_slot, blocks, ts))
         return readings
@@ -171,7 +182,9 @@ class ModbusDevice:
 
     def labels(self, readings: Sequence[Reading]) -> dict[str, str]:
         """Labels of enum values among ``readings``, for the status page."""
-        out = {}
+        out: dict[str, str] = {}
+        if not self._has_enums:
+            return out
         for r in readings:
             p = self._points.get(r.point)
             if p is not None and p.enum and r.value is not None:
@@ -239,6 +252,29 @@ class ModbusDevice:
         else:
             words = list(plan.values)
             await transact(lambda: transport.write_registers(plan.address, words, unit, timeout_s=timeout_s))
+
+
+def _fast_plan(p: RegisterPoint, slot: _Slot) -> tuple[bool, int, float] | None:
+    """(signed, divisor, scale) for a point the fast path can decode exactly, else None.
+
+    A scale of 10^-k is applied as a division by 10^k, which gives the double nearest to
+    the decimal value (``1234 / 10`` is 123.4; ``1234 * 0.1`` is 123.40000000000001).
+    """
+    plain = (
+        p.type in ("int16", "uint16")
+        and p.bit is None
+        and not p.enum
+        and not p.missing_raw
+        and p.offset == 0
+        and p.decimals_register is None
+        and p.unit_register is None
+    )
+    if not plain:
+        return None
+    for k in range(7):
+        if p.scale == 10.0**-k:
+            return p.type == "int16", 10**k, 1.0
+    return None
 
 
 def _parse_bool(value: float | str) -> bool:

@@ -61,7 +61,7 @@ class _Schedule:
 
     def __post_init__(self) -> None:
         interval = self.device.poll_interval_s
-        self.backoff = Backoff(interval, max(interval, self.device.cfg.backoff_max_s))
+        self.backoff = Backoff(interval, max(interval, self.device.cfg.backoff_max_s), full_jitter=False)
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ through the last millisecond of each wait for sub-millisecond accuracy (for a
 benchmark's separate process; in-process with an agent it would steal its loop).
 
 Run standalone (for benchmarks): ``python -m edgeagent.sim.modbus_rtu --units 1-8``
-prints the port to use and serves until interrupted.
+prints the port to use and serves generic units (250 registers each) until interrupted.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 
 from edgeagent.protocols import modbus_rtu as rtu
-from edgeagent.sim.modbus_units import ILLEGAL_FUNCTION, SimException, SimUnit, WaterLevelUnit
+from edgeagent.sim.modbus_units import ILLEGAL_FUNCTION, SimException, SimUnit
 from edgeagent.sim.serial_pty import PtyEnd
 
 _TABLE = {
@@ -190,8 +190,18 @@ def _units(text: str) -> list[int]:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    units = {uid: WaterLevelUnit() for uid in _units(args.units)}
-    sim = RtuBusSimulator(units, baudrate=args.baud, line_timing=not args.no_timing, precise=True)
+    units: dict[int, SimUnit] = {}
+    for uid in _units(args.units):
+        unit = SimUnit(holding=250, input=250)
+        unit.tables["holding"][:] = [((uid << 8) + a) & 0xFFFF for a in range(250)]
+        units[uid] = unit
+    sim = RtuBusSimulator(
+        units,
+        baudrate=args.baud,
+        line_timing=not args.no_timing,
+        turnaround_s=args.turnaround_ms / 1000,
+        precise=True,
+    )
     async with sim:
         print(sim.port, flush=True)
         with contextlib.suppress(asyncio.CancelledError):
@@ -199,9 +209,10 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Simulated RS-485 line of water-level transmitters on a pty.")
-    parser.add_argument("--units", default="1-8", help="unit ids, e.g. 1-8 or 1,3,7")
+    parser = argparse.ArgumentParser(description="A simulated RS-485 line on a pty, at real line timing.")
+    parser.add_argument("--units", default="1-8", help="unit ids, e.g. 1-8 or 1,3,7 (250 holding registers each)")
     parser.add_argument("--baud", type=int, default=9600)
+    parser.add_argument("--turnaround-ms", type=float, default=0.0, help="each device's think time")
     parser.add_argument("--no-timing", action="store_true", help="answer at once instead of at line speed")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):

@@ -69,7 +69,8 @@ class ModbusTransport:
         self.timeout_s = timeout_s
         self.inter_frame_s = inter_frame_s
         self._client: ModbusBaseClient | None = None
-        self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
+        # Local hardware, not a fleet-wide herd: never sooner than the minimum.
+        self._backoff = Backoff(reconnect_min_s, reconnect_max_s, full_jitter=False)
         self._next_dial = 0.0
         self._last_dial_error = ""
         self._quiet_from = 0.0

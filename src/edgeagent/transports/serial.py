@@ -52,7 +52,8 @@ class SerialLine:
         self._max_buffer_bytes = max_buffer_bytes
         self._arrived = asyncio.Event()
         self._error: str | None = None
-        self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
+        # Local hardware, not a fleet-wide herd: never sooner than the minimum.
+        self._backoff = Backoff(reconnect_min_s, reconnect_max_s, full_jitter=False)
         self._next_open = 0.0
         self._last_open_error = ""
         self.overflow_bytes = 0
