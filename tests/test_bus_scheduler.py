@@ -24,6 +24,7 @@ from edgeagent.model import Reading
 from edgeagent.profiles import load_profile
 from edgeagent.sim.modbus_rtu import RtuBusSimulator
 from edgeagent.sim.modbus_units import LampControllerUnit, SimUnit, WaterLevelUnit
+from edgeagent.sim.water_level import WaterLevelSimulator
 from tests.helpers import wait_until
 
 POLL_S = 0.3
@@ -184,3 +185,59 @@ async def test_inter_frame_pause_is_kept_between_transactions() -> None:
         gaps = [b - a for a, b in zip(h.sim.arrivals, h.sim.arrivals[1:], strict=False)]
     # Each request arrives at least the pause (plus the previous answer's time) after the one before.
     assert min(gaps) >= 0.040
+
+
+async def test_close_after_poll_dials_anew_for_every_poll(sensor: WaterLevelSimulator) -> None:
+    """The quirk some Modbus TCP gateways need: one connection per poll, closed after it."""
+    accepted = 0
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(4096):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        up_reader, up_writer = await asyncio.open_connection(sensor.host, sensor.port)
+        for task in (asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))):
+            pipes.add(task)
+            task.add_done_callback(pipes.discard)
+
+    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    site = parse_config(
+        {
+            "gateway": {"id": "gw-test"},
+            "buses": [
+                {"name": "tcp", "kind": "modbus_tcp", "host": "127.0.0.1", "port": port, "close_after_poll": True}
+            ],
+            "devices": [
+                {
+                    "id": "wl",
+                    "profile": "generic_water_level",
+                    "bus": "tcp",
+                    "unit_id": 1,
+                    "poll_interval_s": 0.05,
+                    "asset": {"location": "x", "owner": "y"},
+                }
+            ],
+        }
+    )
+    live = Live(gateway_id="gw-test")
+    profiles = {"generic_water_level": load_profile("generic_water_level")}
+    build_live(site, profiles, live)
+    (runner,) = build_runners(site, profiles, live, lambda readings: None)
+    task = asyncio.create_task(runner.run(), name="poll:tcp")
+    try:
+        await wait_until(lambda: live.devices["wl"].polls_ok >= 5, 10, "five polls")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        proxy.close()
+        await proxy.wait_closed()
+        await asyncio.wait_for(asyncio.gather(*pipes, return_exceptions=True), 5)
+    assert accepted >= live.devices["wl"].polls_ok >= 5

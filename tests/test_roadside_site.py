@@ -26,8 +26,11 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @contextlib.asynccontextmanager
-async def running_site(tmp_path: Path, ingest: IngestServer) -> AsyncIterator[tuple[Agent, RoadsideSite]]:
+async def running_site(
+    tmp_path: Path, ingest: IngestServer, *, radio_available: bool = True
+) -> AsyncIterator[tuple[Agent, RoadsideSite]]:
     async with RoadsideSite() as site:
+        site.radio.available = radio_available
         config = demo_config(site=site, ingest_url=ingest.url, state_dir=tmp_path / "state", web_port=0)
         agent = Agent(config, ble_backend=site.ble_backend)
         stop = asyncio.Event()
@@ -99,3 +102,21 @@ async def test_write_through_the_running_agent(tmp_path: Path, ingest: IngestSer
         assert await agent.write_point("lamp-02", "dim_level", 90) == "90 %"
         await wait_until(lambda: lamp.points["dim_level"].value == 90, 5, "read back")
         assert site.rtu.units[32].tables["holding"][0] == 90
+
+
+async def test_without_a_bluetooth_stack_only_the_ble_devices_are_affected(
+    tmp_path: Path, ingest: IngestServer
+) -> None:
+    async with running_site(tmp_path, ingest, radio_available=False) as (agent, _):
+        devices = agent.live.devices
+        ble = {"mh-01", "mh-02", "cab-01"}
+        await wait_until(
+            lambda: all(d.state.value == ("offline" if d.id in ble else "online") for d in devices.values()),
+            20,
+            "BLE devices offline, the rest online",
+        )
+        status = await _status(agent)
+    for device in status["devices"]:
+        if device["id"] in ble:
+            assert "no system D-Bus" in device["reason"]
+    assert {b["name"]: b["state"] for b in status["buses"]}["ble"] == "down"
