@@ -347,3 +347,17 @@ async def test_parity_on_a_pty_is_a_clear_error(line: RtuBusSimulator) -> None:
     with pytest.raises(DeviceUnreachable, match="refuses these settings"):
         await t.read("holding", 0, 1, 1)
     await t.close()
+
+
+async def test_multiple_coils_and_registers_are_written_with_functions_15_and_16() -> None:
+    unit = SimUnit(holding=4, coils=3, writable=[("coil", i) for i in range(3)] + [("holding", i) for i in range(4)])
+    async with RtuBusSimulator({9: unit}, baudrate=19200, line_timing=False) as sim:
+        t = ModbusRtuTransport(sim.port, baudrate=19200, timeout_s=0.3)
+        try:
+            await t.write_coils(0, [True, False, True], 9)
+            await t.write_registers(0, [1, 2, 3, 4], 9)
+            assert await t.read("coil", 0, 3, 9) == [1, 0, 1]
+        finally:
+            await t.close()
+    assert unit.tables["coil"] == [1, 0, 1] and unit.tables["holding"] == [1, 2, 3, 4]
+    assert [fc for _, fc, _, _ in sim.log] == [rtu.WRITE_MULTIPLE_COILS, rtu.WRITE_MULTIPLE_REGISTERS, rtu.READ_COILS]
