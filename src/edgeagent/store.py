@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from edgeagent.aio import wait_event
 from edgeagent.errors import StoreError, StoreFull
 from edgeagent.model import Priority, Quality, Reading, StoredReading
 
@@ -58,6 +59,7 @@ TABLES: dict[Priority, str] = {
 SCHEMA_VERSION = 1
 PRUNE_CHUNK_ROWS = 20_000
 PRUNE_EVERY_S = 2.0
+CLOSE_WAIT_S = 5.0
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
 PAGE_BYTES = 4096
 
@@ -688,6 +690,7 @@ class Store:
         self._counters = _Counters()
         self._beat = beat
         self._hang = False
+        self._closing = False
 
     def debug_hang(self) -> None:
         """Make the commit loop hang for real (a test of the watchdog); see the agent."""
@@ -711,9 +714,13 @@ class Store:
     async def close(self) -> None:
         """Stop the commit loop, commit what is pending, and close the file."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._wake.set()
+            done, _ = await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
+            if not done:  # hung (the debug hang, say): cancel it
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         if self._executor is None:
             return
@@ -763,13 +770,14 @@ class Store:
         return event
 
     async def _commit_loop(self) -> None:
-        while True:
+        while not self._closing:
             if self._hang:
                 log.warning("store commit loop hanging on request (debug signal)")
                 await asyncio.Event().wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.commit_interval_s)
+            await wait_event(self._wake, self.commit_interval_s)
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.flush()
                 if self._acked_since_prune and time.monotonic() - self._last_prune >= PRUNE_EVERY_S:

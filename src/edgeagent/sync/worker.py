@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from edgeagent.aio import wait_event
 from edgeagent.backoff import Backoff
 from edgeagent.errors import UplinkRejected, UplinkRetryLater
 from edgeagent.live import UplinkLive
@@ -70,8 +71,7 @@ class SyncWorker:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=min(left, BEAT_EVERY_S))
+            await wait_event(self._stopping, min(left, BEAT_EVERY_S))
 
     async def _wait_link(self, ceiling_s: float) -> None:
         """Wait until the uplink says its link is back, or the backoff ceiling passes."""
@@ -87,8 +87,7 @@ class SyncWorker:
                 await probe
 
     async def _wait_for_data(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=BEAT_EVERY_S)
+        await wait_event(self._wake, BEAT_EVERY_S)
 
     async def run(self) -> None:
         name = self.uplink.name
