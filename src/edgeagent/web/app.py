@@ -114,6 +114,7 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                 "committed_total": stats.committed_total,
                 "backlog": max(stats.unsent.values(), default=0),
                 "oldest_unsent_age_s": _age(now, min(oldest_all)) if oldest_all else None,
+                "class_bytes": stats.class_bytes,
                 "dropped": stats.dropped,
                 "last_error": stats.last_error,
             },
