@@ -39,13 +39,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgeagent.aio import wait_event
 from edgeagent.errors import StoreError, StoreFull
 from edgeagent.model import Priority, Quality, Reading, StoredReading
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -272,12 +273,17 @@ class _Core:
         wal_pages = max(64, min(1000, total // PAGE_BYTES // 16))
         conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
         conn.execute(f"PRAGMA journal_size_limit = {min(WAL_LIMIT_BYTES, wal_pages * PAGE_BYTES * 2)}")
-        db = sqlite_utils.Database(conn)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for step, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
-            with db.atomic():
-                migrate(db)
-                conn.execute(f"PRAGMA user_version = {step}")
+        if version < len(MIGRATIONS):
+            # Imported only when the schema changes: it costs ~4 MB of RSS for the life of
+            # the process, and a gateway restarted on an existing buffer never needs it.
+            import sqlite_utils
+
+            db = sqlite_utils.Database(conn)
+            for step, migrate in enumerate(MIGRATIONS[version:], start=version + 1):
+                with db.atomic():
+                    migrate(db)
+                    conn.execute(f"PRAGMA user_version = {step}")
         self._load_state()
 
     def _move_aside(self, reason: str) -> str:
