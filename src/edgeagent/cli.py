@@ -137,7 +137,7 @@ def _cmd_read(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         result = asyncio.run(read_device(site, args.device, timeout_s=args.timeout_s))
-    except InvalidWrite as exc:  # an unknown device id
+    except ConfigError as exc:  # an unknown device id
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     except DeviceError as exc:
@@ -169,7 +169,7 @@ def _cmd_write(args: argparse.Namespace) -> int:
 
     try:
         shown, read_back = asyncio.run(write_device(site, args.device, args.point, args.value, confirm=confirm))
-    except InvalidWrite as exc:
+    except (ConfigError, InvalidWrite) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     except DeviceError as exc:

@@ -18,7 +18,15 @@ from edgeagent.config import SiteConfig, profiles_for
 from edgeagent.devices.build import Runner, build_live, build_runners
 from edgeagent.devices.modbus import ModbusDevice
 from edgeagent.devices.scheduler import BusPoller
-from edgeagent.errors import DecodeError, DeviceException, DeviceTimeout, DeviceUnreachable, InvalidWrite
+from edgeagent.errors import (
+    ConfigError,
+    ConfigProblem,
+    DecodeError,
+    DeviceException,
+    DeviceTimeout,
+    DeviceUnreachable,
+    InvalidWrite,
+)
 from edgeagent.live import DeviceState, Live, PointValue
 from edgeagent.model import Reading
 from edgeagent.protocols import bthome, ruuvi
@@ -161,7 +169,7 @@ async def _with_runner(
 ) -> tuple[Live, Runner, _Collector]:
     if device_id not in {d.id for d in site.devices}:
         known = ", ".join(d.id for d in site.devices) or "none"
-        raise InvalidWrite(f"no device {device_id!r} in the config; known: {known}")
+        raise ConfigError([ConfigProblem("", "devices", f"no device {device_id!r} in the config; known: {known}")])
     profiles = profiles_for(site)
     live = Live(gateway_id=site.gateway.id)
     build_live(site, profiles, live)
