@@ -124,7 +124,7 @@ async def test_read_prints_values_with_units_and_labels(tmp_path: Path, line: Rt
     assert code == 1
     assert "wl-09: no answer from unit 9" in err
     code, _, err = await _cli("read", "--config", str(config), "nope")
-    assert code == 2 and "no device 'nope'" in err
+    assert code == 2 and err.startswith("no device 'nope' in the config; known: lamp-01, wl-03, wl-09")
 
 
 async def test_write_asks_first_and_reads_back(tmp_path: Path, line: RtuBusSimulator) -> None:

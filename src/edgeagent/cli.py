@@ -138,7 +138,7 @@ def _cmd_read(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(read_device(site, args.device, timeout_s=args.timeout_s))
     except ConfigError as exc:  # an unknown device id
-        print(exc, file=sys.stderr)
+        print("; ".join(p.message for p in exc.problems), file=sys.stderr)
         return EXIT_CONFIG
     except DeviceError as exc:
         print(exc, file=sys.stderr)
@@ -169,7 +169,10 @@ def _cmd_write(args: argparse.Namespace) -> int:
 
     try:
         shown, read_back = asyncio.run(write_device(site, args.device, args.point, args.value, confirm=confirm))
-    except (ConfigError, InvalidWrite) as exc:
+    except ConfigError as exc:  # an unknown device id
+        print("; ".join(p.message for p in exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    except InvalidWrite as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     except DeviceError as exc:
