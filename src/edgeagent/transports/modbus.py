@@ -58,6 +58,8 @@ EXCEPTION_CODES: dict[int, str] = {
 class ModbusTransport:
     """What TCP and RTU share: dialling with backoff, requests, error translation."""
 
+    dial_verb = "open"
+
     def __init__(
         self,
         *,
@@ -97,7 +99,8 @@ class ModbusTransport:
         await self.close()
         client = self._make_client()
         try:
-            ok = await asyncio.wait_for(client.connect(), timeout=self.timeout_s + 1)
+            async with asyncio.timeout(self.timeout_s + 1):
+                ok = await client.connect()
         except (TimeoutError, OSError, ModbusException, termios.error) as exc:
             # termios.error: a serial port that refuses its settings (pyserial lets it through).
             ok = False
@@ -109,7 +112,7 @@ class ModbusTransport:
         if not ok:
             client.close()
             self._next_dial = time.monotonic() + self._backoff.next_delay()
-            raise DeviceUnreachable(f"cannot open {self.label}: {self._last_dial_error}")
+            raise DeviceUnreachable(f"cannot {self.dial_verb} {self.label}: {self._last_dial_error}")
         self._backoff.reset()
         self._client = client
         return client
@@ -199,6 +202,8 @@ class ModbusTransport:
 
 class ModbusTcpTransport(ModbusTransport):
     """A Modbus TCP connection to one host:port, shared by every unit id behind it."""
+
+    dial_verb = "connect to"
 
     def __init__(
         self,
