@@ -197,7 +197,8 @@ async def read_device(
             if time.monotonic() > deadline:
                 raise DeviceTimeout(f"{device_id}: no reading within {timeout_s:g} s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(collector.arrived.wait(), timeout=0.05)
+                async with asyncio.timeout(0.05):
+                    await collector.arrived.wait()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -241,7 +242,8 @@ async def write_device(
         # The scheduler reads the device back right after a write; wait for that poll.
         collector.arrived.clear()
         try:
-            await asyncio.wait_for(collector.arrived.wait(), timeout=4 * device.timeout_s + 1)
+            async with asyncio.timeout(4 * device.timeout_s + 1):
+                await collector.arrived.wait()
         except TimeoutError:
             return shown, None
     finally:
