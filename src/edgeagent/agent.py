@@ -44,6 +44,9 @@ SYNC_STOP_GRACE_S = 2.0
 STATUS_EVERY_S = 10.0
 # How long a critical task may go without checking in before the watchdog stops pinging.
 CRITICAL_ALLOWANCE_S = 30.0
+# Shutdown: how long to keep cancelling a task that will not stop, and how often.
+CANCEL_DEADLINE_S = 5.0
+CANCEL_RETRY_S = 0.2
 # Slow retry after a refusal, for uplinks whose config has no setting of its own.
 DEFAULT_REJECTED_RETRY_S = 300.0
 # When set to "1", SIGUSR2 makes the store's commit loop hang (a watchdog test hook).
@@ -254,14 +257,24 @@ def store_budgets(site: SiteConfig) -> dict[Priority, Budget]:
     }
 
 
-async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel and await tasks; a task that had failed on its own is logged, not hidden."""
-    pending = [t for t in tasks if not t.done()]
-    for t in pending:
-        t.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+async def _cancel_all(tasks: list[asyncio.Task[Any]], deadline_s: float = CANCEL_DEADLINE_S) -> None:
+    """Cancel tasks and wait until they have stopped, cancelling again as needed.
+
+    Once is not always enough: on Python 3.11 ``asyncio.wait_for`` (which libraries use
+    inside, pymodbus among them) swallows a cancellation that arrives as its result
+    does, and the task runs on. Asking again until the task ends, within a deadline,
+    keeps shutdown bounded. A task that had failed on its own is logged, not hidden.
+    """
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + deadline_s
+    while pending and time.monotonic() < deadline:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_S)
+    if pending:
+        log.error("tasks did not stop within %.0f s: %s", deadline_s, ", ".join(sorted(t.get_name() for t in pending)))
     for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None and t not in pending:
+        if t.done() and not t.cancelled() and t.exception() is not None:
             log.error("task %s failed: %r", t.get_name(), t.exception())
 
 
