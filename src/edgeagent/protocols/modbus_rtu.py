@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeagent.errors import DecodeError
+from edgeagent.protocols._stream import StreamBuffer
 
 MAX_FRAME_BYTES = 256
 BROADCAST_UNIT = 0
@@ -269,7 +270,7 @@ def encode_exception(unit: int, function: int, code: int) -> bytes:
     return with_crc(bytes([unit, (function | EXCEPTION_FLAG) & 0xFF, code]))
 
 
-class RtuRequestFramer:
+class RtuRequestFramer(StreamBuffer):
     """Cuts requests out of bytes that arrive in arbitrary chunks, as a device on the bus does.
 
     A request is recognised by the length its function code implies and a matching CRC.
@@ -279,21 +280,6 @@ class RtuRequestFramer:
     ``framing_errors`` counts losses of sync, ``skipped_bytes`` the bytes dropped. The
     buffer never holds more than one maximum-size frame.
     """
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._in_sync = True
-        self.frames = 0
-        self.framing_errors = 0
-        self.skipped_bytes = 0
-
-    @property
-    def buffered_bytes(self) -> int:
-        return len(self._buffer)
-
-    def reset(self) -> None:
-        """Drop a partial frame (a silence longer than a frame gap ends it on a real line)."""
-        self._discard(len(self._buffer))
 
     def feed(self, data: bytes) -> list[RtuRequest]:
         """Add received bytes; return the requests they completed, oldest first."""
@@ -341,15 +327,5 @@ class RtuRequestFramer:
     def _take(self, length: int) -> RtuRequest:
         request = decode_request(bytes(self._buffer[:length]))
         del self._buffer[:length]
-        self.frames += 1
-        self._in_sync = True
+        self._resynced()
         return request
-
-    def _discard(self, count: int) -> None:
-        if count <= 0:
-            return
-        del self._buffer[:count]
-        self.skipped_bytes += count
-        if self._in_sync:
-            self.framing_errors += 1
-            self._in_sync = False

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edgeagent.errors import DecodeError
+from edgeagent.protocols._stream import StreamBuffer
 
 MAGIC = b"\x02\x01\x04\x03\x06\x05\x08\x07"
 HEADER_BYTES = 40
@@ -226,7 +227,7 @@ def encode_frame(
     return header + body + bytes(total - unpadded)
 
 
-class RadarStreamDecoder:
+class RadarStreamDecoder(StreamBuffer):
     """Decodes packets from bytes that arrive in arbitrary chunks.
 
     Garbage, a corrupt length or a packet cut short makes it slide to the next magic
@@ -243,22 +244,9 @@ class RadarStreamDecoder:
     def __init__(self, *, max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES) -> None:
         if max_packet_bytes < HEADER_BYTES:
             raise ValueError(f"max_packet_bytes must be at least {HEADER_BYTES}")
+        super().__init__()
         self._max_packet_bytes = max_packet_bytes
-        self._buffer = bytearray()
         self._scanned_to = 0
-        self._in_sync = True
-        self.frames = 0
-        self.framing_errors = 0
-        self.skipped_bytes = 0
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes held for a packet not yet complete."""
-        return len(self._buffer)
-
-    def reset(self) -> None:
-        """Drop a partial packet, e.g. after the port was reopened."""
-        self._discard(len(self._buffer))
 
     def feed(self, data: bytes) -> list[RadarFrame]:
         """Add received bytes; return the frames they completed, oldest first."""
@@ -312,8 +300,7 @@ class RadarStreamDecoder:
                 continue
             del buffer[:total_len]
             self._scanned_to = 0
-            self._in_sync = True
-            self.frames += 1
+            self._resynced()
             return frame
 
     def _magic_may_start_before(self, end: int) -> bool:
@@ -330,11 +317,6 @@ class RadarStreamDecoder:
         return False
 
     def _discard(self, count: int) -> None:
-        if count <= 0:
-            return
-        del self._buffer[:count]
-        self._scanned_to = 0
-        self.skipped_bytes += count
-        if self._in_sync:
-            self.framing_errors += 1
-            self._in_sync = False
+        if count > 0:
+            self._scanned_to = 0
+        super()._discard(count)

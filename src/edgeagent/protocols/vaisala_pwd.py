@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from edgeagent.errors import DecodeError
+from edgeagent.protocols._stream import StreamBuffer
 
 SOH = 0x01
 STX = 0x02
@@ -130,7 +131,7 @@ def encode_frame(sensor_id: str, body: str) -> bytes:
     return b"\x01PW " + f"{sensor_id:>2}".encode("ascii") + b"\x02" + raw + b"\x03\r\n"
 
 
-class PwdFramer:
+class PwdFramer(StreamBuffer):
     """Cuts ``SOH ... ETX`` replies out of bytes that arrive in arbitrary chunks.
 
     Bytes outside a frame are skipped and counted; ``framing_errors`` counts losses of
@@ -142,21 +143,8 @@ class PwdFramer:
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if max_frame_bytes < 3:
             raise ValueError("max_frame_bytes must allow at least SOH STX ETX")
+        super().__init__()
         self._max_frame_bytes = max_frame_bytes
-        self._buffer = bytearray()
-        self._in_sync = True
-        self.frames = 0
-        self.framing_errors = 0
-        self.skipped_bytes = 0
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes held for a frame not yet complete."""
-        return len(self._buffer)
-
-    def reset(self) -> None:
-        """Drop a partial frame, e.g. when a poll timed out and the reply is stale."""
-        self._discard(len(self._buffer))
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the frames they completed, oldest first."""
@@ -183,19 +171,12 @@ class PwdFramer:
                 continue
             frames.append(bytes(buffer[: end + 1]))
             del buffer[: end + 1]
-            self.frames += 1
-            self._in_sync = True
+            self._resynced()
         return frames
 
-    def _discard(self, count: int) -> None:
-        dropped = self._buffer[:count]
-        del self._buffer[:count]
-        garbage = len(dropped) - dropped.count(b"\r") - dropped.count(b"\n")
-        if garbage:
-            self.skipped_bytes += garbage
-            if self._in_sync:
-                self.framing_errors += 1
-                self._in_sync = False
+    def _garbage_in(self, dropped: bytes) -> int:
+        # The CR LF after a frame's ETX is the protocol's, not garbage.
+        return len(dropped) - dropped.count(b"\r") - dropped.count(b"\n")
 
 
 def decode_message2(frame: bytes) -> PwdMessage2:
