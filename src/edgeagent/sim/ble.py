@@ -12,7 +12,6 @@ silent stop), and ``emit`` sends one crafted advertisement (a replay, a wrong ke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import time
@@ -23,6 +22,7 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
 from edgeagent.protocols import bthome, ruuvi
 from edgeagent.protocols.ruuvi import RuuviDf5
+from edgeagent.sim.serial_pty import BackgroundSimulator
 from edgeagent.sim.water_level import RainEvent
 
 
@@ -117,17 +117,17 @@ class PhoneNoise(SimAdvertiser):
         return {}, {0x004C: b"\x10\x05\x01\x18\x44\x83\x1c"}
 
 
-class SimulatedRadio:
+class SimulatedRadio(BackgroundSimulator):
     """The air: advertisers, and the scanners listening to them."""
 
     def __init__(self, advertisers: list[SimAdvertiser] | None = None) -> None:
+        super().__init__()
         self.advertisers = list(advertisers or [])
         self.available = True
         self.deaf = False
         self.starts = 0
         self.delivered = 0
         self._scanners: set[_SimScanner] = set()
-        self._task: asyncio.Task[None] | None = None
 
     def backend(self) -> type[BaseBleakScanner]:
         """A bleak backend class bound to this radio, for ``BleakScanner(backend=...)``."""
@@ -138,21 +138,7 @@ class SimulatedRadio:
         return bool(self._scanners)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._air(), name="sim-ble-radio")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def __aenter__(self) -> SimulatedRadio:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        self._spawn(self._air(), name="sim-ble-radio")
 
     def emit(
         self,

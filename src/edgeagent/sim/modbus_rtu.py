@@ -25,11 +25,12 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from edgeagent.protocols import modbus_rtu as rtu
 from edgeagent.sim.modbus_units import ILLEGAL_FUNCTION, SimException, SimUnit
-from edgeagent.sim.serial_pty import PtyEnd
+from edgeagent.sim.serial_pty import PtySimulator
 
 _TABLE = {
     rtu.READ_COILS: "coil",
@@ -46,7 +47,7 @@ IDLE_RESET_S = 0.02
 """A partial frame this old is dropped (a real device does so after 3.5 characters of silence)."""
 
 
-class RtuBusSimulator:
+class RtuBusSimulator(PtySimulator):
     """Every unit on one simulated RS-485 line, answering over a pty."""
 
     def __init__(
@@ -61,6 +62,7 @@ class RtuBusSimulator:
         turnaround_s: float = 0.0,
         precise: bool = False,
     ) -> None:
+        super().__init__()
         self.units = dict(units)
         self.baudrate = baudrate
         self.bits = rtu.bits_per_char(bytesize, parity, stopbits)
@@ -70,15 +72,12 @@ class RtuBusSimulator:
         self.char_s = rtu.char_time_s(baudrate, self.bits)
         self.gap_s = rtu.frame_gap_s(baudrate, self.bits)
         self.framer = rtu.RtuRequestFramer()
-        self.port = ""
         self.requests = 0
         self.answered = 0
         self.unanswered = 0
         self.log: list[tuple[int, int, int, int]] = []  # (unit, function, address, count), bounded
         self.arrivals: list[float] = []  # when each request arrived (monotonic), bounded like the log
-        self._pty: PtyEnd | None = None
         self._queue: asyncio.Queue[tuple[rtu.RtuRequest, int, float]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._line_free_at = 0.0
 
@@ -87,31 +86,13 @@ class RtuBusSimulator:
         """Every read that touched a range a unit forbids: (unit, table, address, count)."""
         return [(uid, *read) for uid, unit in self.units.items() for read in unit.forbidden_reads]
 
-    async def start(self) -> str:
-        """Open the pty pair and serve; return the port path a client opens."""
-        self._pty = PtyEnd(self._on_data)
-        self.port = self._pty.port
-        self._task = asyncio.create_task(self._serve(), name=f"sim-rtu:{self.port}")
-        return self.port
+    def _background(self) -> Coroutine[Any, Any, None]:
+        return self._serve()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
         if self._idle is not None:
             self._idle.cancel()
-        if self._pty is not None:
-            self._pty.close()
-            self._pty = None
-
-    async def __aenter__(self) -> RtuBusSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await super().stop()
 
     def _on_data(self, data: bytes) -> None:
         now = time.monotonic()

@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterable
 
 from edgeagent.protocols.vaisala_pwd import decode_poll, encode_frame
-from edgeagent.sim.serial_pty import PtyEnd
+from edgeagent.sim.serial_pty import PtySimulator
 
 _POLL = re.compile(rb"\r?\x05(?:PW|FD) +[0-9A-Za-z]{1,2} +[0-9]{1,2}\r")
 _MAX_BUFFER = 1024
 
 
-class PwdSimulator:
+class PwdSimulator(PtySimulator):
     """One or more PWD sensor ids sharing one simulated line."""
 
     def __init__(
@@ -32,10 +32,10 @@ class PwdSimulator:
         response_delay_s: float = 0.02,
         fog_period_s: float = 240.0,
     ) -> None:
+        super().__init__()
         self.sensor_ids = set(sensor_ids)
         self.response_delay_s = response_delay_s
         self.fog_period_s = fog_period_s
-        self.port = ""
         self.silent = False
         self.missing: set[str] = set()
         self.hardware_status = 0
@@ -43,30 +43,8 @@ class PwdSimulator:
         self.polls = 0
         self.answers = 0
         self._buffer = bytearray()
-        self._pty: PtyEnd | None = None
         self._t0 = time.monotonic()
         self._water_sum = 12.16
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> str:
-        self._pty = PtyEnd(self._on_data)
-        self.port = self._pty.port
-        return self.port
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pty is not None:
-            self._pty.close()
-            self._pty = None
-
-    async def __aenter__(self) -> PwdSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def _on_data(self, data: bytes) -> None:
         self._buffer += data
@@ -76,9 +54,7 @@ class PwdSimulator:
             self.polls += 1
             if self.silent or poll.sensor_id not in self.sensor_ids:
                 continue
-            task = asyncio.create_task(self._answer(poll.sensor_id, poll.message), name="sim-pwd-answer")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._answer(poll.sensor_id, poll.message), name="sim-pwd-answer")
         if len(self._buffer) > _MAX_BUFFER:
             del self._buffer[:-64]
 

@@ -8,50 +8,29 @@ between frames; ``chunk_bytes`` splits writes, so frames arrive cut at random pl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
+from collections.abc import Coroutine
+from typing import Any
 
 from edgeagent.protocols.ti_mmwave import RadarPoint, encode_frame
-from edgeagent.sim.serial_pty import PtyEnd
+from edgeagent.sim.serial_pty import PtySimulator
 
 
-class RadarSimulator:
+class RadarSimulator(PtySimulator):
     """The radar's UART data port."""
 
     def __init__(self, *, frame_period_s: float = 0.1, seed: int | None = None, chunk_bytes: int = 0) -> None:
+        super().__init__()
         self.frame_period_s = frame_period_s
         self.chunk_bytes = chunk_bytes
-        self.port = ""
         self.silent = False
         self.frames_sent = 0
         self._garbage = b""
         self._rng = random.Random(seed)
         self._vehicles: list[list[float]] = []  # [range_m, speed_m_s]
-        self._pty: PtyEnd | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> str:
-        self._pty = PtyEnd(lambda data: None)  # the data port is output only
-        self.port = self._pty.port
-        self._task = asyncio.create_task(self._stream(), name=f"sim-radar:{self.port}")
-        return self.port
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._pty is not None:
-            self._pty.close()
-            self._pty = None
-
-    async def __aenter__(self) -> RadarSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def _background(self) -> Coroutine[Any, Any, None]:
+        return self._stream()  # the data port is output only: what the agent writes is ignored
 
     def inject_garbage(self, data: bytes) -> None:
         """Send these bytes before the next frame."""

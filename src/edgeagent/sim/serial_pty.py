@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, Self
 
 
 class PtyEnd:
@@ -44,3 +45,63 @@ class PtyEnd:
         os.close(self.master)
         os.close(self.slave)
         self.master = self.slave = -1
+
+
+class BackgroundSimulator:
+    """A simulator with background tasks, used as an async context manager."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` until it ends or the simulator stops."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> object:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class PtySimulator(BackgroundSimulator):
+    """A simulated serial device: the agent opens ``port``; bytes it writes reach ``_on_data``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = ""
+        self._pty: PtyEnd | None = None
+
+    def _on_data(self, data: bytes) -> None:
+        """Bytes from the client; a talk-only device ignores them."""
+
+    def _background(self) -> Coroutine[Any, Any, None] | None:
+        """The device's own activity (serving, streaming), if it has any."""
+        return None
+
+    async def start(self) -> str:
+        """Open the pty pair (and start the device's activity); return the port path."""
+        self._pty = PtyEnd(self._on_data)
+        self.port = self._pty.port
+        activity = self._background()
+        if activity is not None:
+            self._spawn(activity, name=f"sim-{type(self).__name__}:{self.port}")
+        return self.port
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._pty is not None:
+            self._pty.close()
+            self._pty = None
