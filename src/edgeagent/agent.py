@@ -44,6 +44,7 @@ SYNC_STOP_GRACE_S = 2.0
 STATUS_EVERY_S = 10.0
 # How long a critical task may go without checking in before the watchdog stops pinging.
 CRITICAL_ALLOWANCE_S = 30.0
+WEB_SHUTDOWN_S = 2.0
 # Shutdown: how long to keep cancelling a task that will not stop, and how often.
 CANCEL_DEADLINE_S = 5.0
 CANCEL_RETRY_S = 0.2
@@ -174,7 +175,8 @@ class Agent:
         if not cfg.enabled:
             return None
         app = make_app(status_builder(self.live, store))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A phone polling the page must not hold up a stop: in-flight requests get 2 s.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=WEB_SHUTDOWN_S)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         try:
