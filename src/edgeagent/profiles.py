@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from edgeagent.errors import ConfigError, ConfigProblem, DecodeError
+from edgeagent.protocols import ruuvi
 from edgeagent.protocols.modbus import DataType, Function, WordOrder, plan_reads, register_count, value_bits
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")]
@@ -58,23 +59,7 @@ def bthome_fields() -> frozenset[str]:
     return frozenset(t.name for i, t in bthome.OBJECT_TYPES.items() if i not in _BTHOME_NOT_NUMERIC) | BLE_EXTRA_FIELDS
 
 
-RUUVI_FIELDS = (
-    frozenset(
-        {
-            "temperature_c",
-            "humidity_pct",
-            "pressure_pa",
-            "acceleration_x_mg",
-            "acceleration_y_mg",
-            "acceleration_z_mg",
-            "battery_mv",
-            "tx_power_dbm",
-            "movement_counter",
-            "sequence",
-        }
-    )
-    | BLE_EXTRA_FIELDS
-)
+RUUVI_FIELDS = frozenset(ruuvi.NUMERIC_FIELDS) | BLE_EXTRA_FIELDS
 
 
 class _Strict(BaseModel):

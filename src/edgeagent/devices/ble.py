@@ -150,21 +150,7 @@ class RuuviDevice(BleDevice):
         if reading.sequence is not None and reading.sequence == self._last_sequence:
             return None
         self._last_sequence = reading.sequence
-        return {
-            name: getattr(reading, name)
-            for name in (
-                "temperature_c",
-                "humidity_pct",
-                "pressure_pa",
-                "acceleration_x_mg",
-                "acceleration_y_mg",
-                "acceleration_z_mg",
-                "battery_mv",
-                "tx_power_dbm",
-                "movement_counter",
-                "sequence",
-            )
-        }
+        return {name: getattr(reading, name) for name in ruuvi.NUMERIC_FIELDS}
 
 
 class BleListener:

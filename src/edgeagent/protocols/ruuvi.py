@@ -59,6 +59,10 @@ class RuuviDf5:
         object.__setattr__(self, "missing", absent)
 
 
+NUMERIC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RuuviDf5) if f.init and f.name != "mac")
+"""The measured fields of a reading, the ones a profile point can report."""
+
+
 def decode(data: bytes) -> RuuviDf5:
     """Decode the manufacturer data of id 0x0499 (without the id itself)."""
     raw = bytes(data)
