@@ -65,6 +65,12 @@ class BusLive:
     transactions: int = 0
     restarts: int = 0  # BLE scanner restarts by the watchdog
 
+    def set_state(self, state: str, detail: str = "") -> None:
+        """Record the bus's state; ``state_since`` moves only when the state changes."""
+        if state != self.state:
+            self.state_since = time.time()
+        self.state, self.detail = state, detail
+
 
 @dataclass(slots=True)
 class UplinkLive:

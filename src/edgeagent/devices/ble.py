@@ -301,9 +301,5 @@ class BleListener:
         self._next_restart = time.monotonic() + self.bus.watchdog_s + extra
 
     def _bus(self, state: str, detail: str) -> None:
-        bus = self.bus_live
-        if bus is None:
-            return
-        if bus.state != state:
-            bus.state_since = time.time()
-        bus.state, bus.detail = state, detail
+        if self.bus_live is not None:
+            self.bus_live.set_state(state, detail)

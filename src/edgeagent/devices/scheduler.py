@@ -209,17 +209,12 @@ class BusPoller:
             entry.due = time.monotonic() + entry.backoff.next_delay()
 
     def _bus_ok(self) -> None:
-        bus = self.bus_live
-        if bus is not None and bus.state != "ok":
-            bus.state, bus.detail, bus.state_since = "ok", "", time.time()
+        if self.bus_live is not None:
+            self.bus_live.set_state("ok")
 
     def _bus_down(self, reason: str) -> None:
-        bus = self.bus_live
-        if bus is None:
-            return
-        if bus.state != "down":
-            bus.state_since = time.time()
-        bus.state, bus.detail = "down", reason
+        if self.bus_live is not None:
+            self.bus_live.set_state("down", reason)
 
     # Writes ---------------------------------------------------------------------------
 
