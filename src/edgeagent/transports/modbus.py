@@ -29,10 +29,10 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
-from edgeagent.backoff import Backoff
 from edgeagent.errors import DeviceException, DeviceTimeout, DeviceUnreachable
 from edgeagent.protocols.modbus import Function
 from edgeagent.protocols.modbus_rtu import bits_per_char, frame_gap_s
+from edgeagent.transports._gate import ReopenGate
 
 if TYPE_CHECKING:
     from pymodbus.client.base import ModbusBaseClient
@@ -71,10 +71,7 @@ class ModbusTransport:
         self.timeout_s = timeout_s
         self.inter_frame_s = inter_frame_s
         self._client: ModbusBaseClient | None = None
-        # Local hardware, not a fleet-wide herd: never sooner than the minimum.
-        self._backoff = Backoff(reconnect_min_s, reconnect_max_s, full_jitter=False)
-        self._next_dial = 0.0
-        self._last_dial_error = ""
+        self._gate = ReopenGate(reconnect_min_s, reconnect_max_s)
         self._quiet_from = 0.0
 
     @property
@@ -91,11 +88,8 @@ class ModbusTransport:
     async def _connected(self) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
             return self._client
-        now = time.monotonic()
-        if now < self._next_dial:
-            raise DeviceUnreachable(
-                f"{self.label} unreachable ({self._last_dial_error}); next try in {self._next_dial - now:.1f} s"
-            )
+        if wait := self._gate.wait_left():
+            raise DeviceUnreachable(f"{self.label} unreachable ({self._gate.last_error}); next try in {wait:.1f} s")
         await self.close()
         client = self._make_client()
         try:
@@ -104,16 +98,15 @@ class ModbusTransport:
         except (TimeoutError, OSError, ModbusException, termios.error) as exc:
             # termios.error: a serial port that refuses its settings (pyserial lets it through).
             ok = False
-            self._last_dial_error = describe_serial_error(exc) if isinstance(exc, termios.error) else str(exc)
-            self._last_dial_error = self._last_dial_error or type(exc).__name__
+            error = describe_serial_error(exc) if isinstance(exc, termios.error) else str(exc)
+            error = error or type(exc).__name__
         else:
-            if not ok:
-                self._last_dial_error = self._dial_error()
+            error = "" if ok else self._dial_error()
         if not ok:
             client.close()
-            self._next_dial = time.monotonic() + self._backoff.next_delay()
-            raise DeviceUnreachable(f"cannot {self.dial_verb} {self.label}: {self._last_dial_error}")
-        self._backoff.reset()
+            self._gate.failed(error)
+            raise DeviceUnreachable(f"cannot {self.dial_verb} {self.label}: {error}")
+        self._gate.succeeded()
         self._client = client
         return client
 

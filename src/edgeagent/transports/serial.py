@@ -17,12 +17,11 @@ import asyncio
 import contextlib
 import os
 import termios
-import time
 
 import serial
 
-from edgeagent.backoff import Backoff
 from edgeagent.errors import DeviceTimeout, DeviceUnreachable
+from edgeagent.transports._gate import ReopenGate
 from edgeagent.transports.modbus import describe_serial_error
 
 DEFAULT_MAX_BUFFER_BYTES = 256 * 1024
@@ -52,10 +51,7 @@ class SerialLine:
         self._max_buffer_bytes = max_buffer_bytes
         self._arrived = asyncio.Event()
         self._error: str | None = None
-        # Local hardware, not a fleet-wide herd: never sooner than the minimum.
-        self._backoff = Backoff(reconnect_min_s, reconnect_max_s, full_jitter=False)
-        self._next_open = 0.0
-        self._last_open_error = ""
+        self._gate = ReopenGate(reconnect_min_s, reconnect_max_s)
         self.overflow_bytes = 0
 
     @property
@@ -70,18 +66,15 @@ class SerialLine:
         """Open the port if it is not open; raise DeviceUnreachable (and back off) if it cannot be."""
         if self._serial is not None:
             return
-        now = time.monotonic()
-        if now < self._next_open:
-            raise DeviceUnreachable(
-                f"cannot open {self.port}: {self._last_open_error}; next try in {self._next_open - now:.1f} s"
-            )
+        if wait := self._gate.wait_left():
+            raise DeviceUnreachable(f"cannot open {self.port}: {self._gate.last_error}; next try in {wait:.1f} s")
         try:
             port = serial.Serial(self.port, exclusive=True, timeout=0, write_timeout=0, **self.settings)
         except (serial.SerialException, ValueError, termios.error) as exc:
-            self._last_open_error = describe_serial_error(exc)
-            self._next_open = time.monotonic() + self._backoff.next_delay()
-            raise DeviceUnreachable(f"cannot open {self.port}: {self._last_open_error}") from exc
-        self._backoff.reset()
+            error = describe_serial_error(exc)
+            self._gate.failed(error)
+            raise DeviceUnreachable(f"cannot open {self.port}: {error}") from exc
+        self._gate.succeeded()
         self._serial = port
         self._fd = port.fileno()
         self._error = None
