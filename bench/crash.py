@@ -73,7 +73,7 @@ async def main() -> None:
             await agent.terminate()
             received = set(ingest.seqs())
             lost = sorted(set(range(1, final_last + 1)) - received)
-            values = [rec["v"] for rec in ingest.records.values()]
+            values = [rec["v"] for rec in ingest.device_records()]
             duplicated = len(values) - len(set(values)) + renumbered
     print(f"SIGKILL cycles: {args.cycles} in {time.monotonic() - started:.0f} s")
     print(f"readings committed: {final_last}, delivered: {len(received)}")

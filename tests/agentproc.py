@@ -98,7 +98,7 @@ def read_store(path: Path) -> dict[int, tuple[int, str, str, float | None]]:
     """Every row in a store file: seq -> (ts_ms, device/point, unit, value). Read-only access."""
     if not path.exists():
         return {}
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # a writer's close would remove the WAL
     try:
         series = {sid: (f"{d}/{p}", u) for sid, d, p, u in conn.execute("SELECT id, device, point, unit FROM series")}
         out = {}
@@ -113,7 +113,7 @@ def read_store(path: Path) -> dict[int, tuple[int, str, str, float | None]]:
 
 def store_last_seq(path: Path) -> int:
     """The highest sequence number ever given: the counter kept at pruning, or a newer row."""
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # a writer's close would remove the WAL
     try:
         last = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
         for table in ("readings_alarm", "readings_event", "readings_telemetry"):

@@ -216,7 +216,7 @@ async def running_agent(site: Path) -> AsyncIterator[Agent]:
 
 
 def telemetry_cursor(state_dir: Path) -> int:
-    conn = sqlite3.connect(state_dir / STORE_FILE)
+    conn = sqlite3.connect(f"file:{state_dir / STORE_FILE}?mode=ro", uri=True)
     try:
         row = conn.execute(
             "SELECT seq FROM cursors WHERE destination = ? AND priority = ?", (UPLINK, int(Priority.TELEMETRY))

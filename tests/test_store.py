@@ -31,14 +31,14 @@ async def test_sequence_numbers_are_gapless_and_survive_restart(tmp_path: Path) 
 
 async def test_values_round_trip_with_quality_and_missing(tmp_path: Path) -> None:
     async with Store(tmp_path / "b.sqlite", destinations=["up"]) as store:
-        store.append(Reading("d", "vis", 1.5, None, "m", Quality.MISSING))
-        store.append(Reading("d", "lvl", 2.25, 12.5, "mm"))
+        store.append(Reading("d", "vis", 1_700_000_001.5, None, "m", Quality.MISSING))
+        store.append(Reading("d", "lvl", 1_700_000_002.25, 12.5, "mm"))
         await store.flush()
         batch = await store.next_batch("up", 10)
     assert batch is not None
     (a, b) = batch.readings
-    assert (a.point, a.value, a.quality, a.ts) == ("vis", None, Quality.MISSING, 1.5)
-    assert (b.point, b.value, b.unit, b.ts) == ("lvl", 12.5, "mm", 2.25)
+    assert (a.point, a.value, a.quality, a.ts) == ("vis", None, Quality.MISSING, 1_700_000_001.5)
+    assert (b.point, b.value, b.unit, b.ts) == ("lvl", 12.5, "mm", 1_700_000_002.25)
 
 
 async def test_ack_advances_cursor_and_prune_keeps_unacked(tmp_path: Path) -> None:
@@ -116,10 +116,11 @@ async def test_corrupt_file_is_moved_aside_and_a_fresh_store_opens(tmp_path: Pat
     data[4096 : 4096 * 3] = b"\xde\xad\xbe\xef" * 2048  # overwrite two pages
     path.write_bytes(bytes(data))
     async with Store(path, destinations=["up"]) as store:
-        assert store.moved_aside is not None
+        assert store.moved_aside is not None and store.damage is not None
         store.append(_r(0))
         await store.flush()
-        assert store.last_seq == 1
+        # Numbering goes on above the highest number still known: never reused.
+        assert store.last_seq == 2001
     aside = Path(store.moved_aside)
     assert aside.exists() and aside.read_bytes() == bytes(data)
 

@@ -30,10 +30,13 @@ class Reading:
     device: str
     point: str
     ts: float
-    value: float | None
+    value: float | str | None
     unit: str
     quality: Quality = Quality.GOOD
     priority: Priority = Priority.TELEMETRY
+    # True when ``ts`` counts seconds since this boot, not since the epoch: the wall
+    # clock was not set when the reading was taken (see edgeagent.clock).
+    boot_relative: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,9 @@ class StoredReading:
     device: str
     point: str
     ts: float
-    value: float | None
+    value: float | str | None
     unit: str
     quality: Quality
     priority: Priority
+    # The boot id when ``ts`` is seconds since that boot (the wall clock was not set).
+    boot: str | None = None

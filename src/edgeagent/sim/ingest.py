@@ -2,7 +2,7 @@
 
 It stands in for the road-network platform in the demo and the tests. It behaves as a
 careful receiver should: it checks the token (when one is set), decompresses, parses
-SenML, and keeps each (gateway, seq) once, however often a batch is sent again. Faults
+SenML, and keeps each (gateway, buffer id, seq) once, however often a batch is sent again. Faults
 can be queued to exercise the sender: an HTTP status (with Retry-After), a hang, or a
 reset connection.
 """
@@ -47,7 +47,7 @@ class IngestServer:
         self.host = host
         self.port = port
         self.token = token
-        self.records: dict[tuple[str, int], dict[str, Any]] = {}
+        self.records: dict[tuple[str, str, int], dict[str, Any]] = {}
         self.arrival_order: list[int] = []
         self.stats = IngestStats()
         self.faults: deque[Fault] = deque()
@@ -61,9 +61,21 @@ class IngestServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/ingest"
 
-    def seqs(self, gateway: str | None = None) -> list[int]:
-        """Every distinct sequence number received, sorted."""
-        return sorted(s for g, s in self.records if gateway is None or g == gateway)
+    def seqs(self, gateway: str | None = None, buffer_id: str | None = None) -> list[int]:
+        """Every distinct sequence number received (of one gateway, one buffer), sorted."""
+        return sorted(
+            s
+            for g, b, s in self.records
+            if (gateway is None or g == gateway) and (buffer_id is None or b == buffer_id)
+        )
+
+    def device_records(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Records of field devices (not the gateway's own), in (buffer, seq) order."""
+        return [
+            rec
+            for _, rec in sorted(self.records.items())
+            if rec["n"].split("/", 2)[1] != "gateway" and rec["n"].split("/", 1)[1].startswith(prefix)
+        ]
 
     def gaps_after_status(self, status: int) -> list[float]:
         """Seconds from each answer with ``status`` to the sender's next request."""
@@ -102,7 +114,7 @@ class IngestServer:
             seq = rec.get("seq")
             if not isinstance(seq, int):
                 return web.Response(status=400, text="record without seq")
-            key = (gateway, seq)
+            key = (gateway, str(rec.get("bid", "")), seq)
             if key in self.records:
                 self.stats.duplicates += 1
                 continue

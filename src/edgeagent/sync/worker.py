@@ -107,7 +107,7 @@ class SyncWorker:
                 if not batch.readings:  # everything scanned was filtered out for this destination
                     await self.store.ack(batch)
                     continue
-                payload = encode_gzip(self.gateway_id, batch.readings)
+                payload = encode_gzip(self.gateway_id, batch.readings, batch.buffer_id)
                 self._held = (batch, payload)
             if self._bucket is not None:
                 await self._pause(self._bucket.delay_for(len(payload)))

@@ -17,30 +17,49 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from edgeagent.clock import plausible
 from edgeagent.config import HttpUplinkConfig
 from edgeagent.errors import ConfigError, ConfigProblem, UplinkRejected, UplinkRetryLater
 from edgeagent.store import Batch
 from edgeagent.sync.senml import CONTENT_TYPE
 
-MAX_RETRY_AFTER_S = 3600.0
+# A receiver's Retry-After is honoured up to this: data (alarms too) never waits longer on its word.
+MAX_RETRY_AFTER_S = 600.0
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 3.0
 MAX_ERROR_BODY_CHARS = 500
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+def parse_retry_after(value: str | None, date: str | None = None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), capped.
+
+    An HTTP date is read against the response's own ``Date`` header, not the local clock:
+    a gateway that booted in 1970 would otherwise wait the cap (or far longer) for a
+    receiver that asked for five seconds. Without a ``Date``, the local clock is used
+    only when it is plausible; otherwise the caller's own backoff applies (None).
+    """
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
         return min(float(value), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    when = _http_date(value)
+    if when is None:
         return None
-    delta = when.timestamp() - (time.time() if now is None else now)
-    return min(max(delta, 0.0), MAX_RETRY_AFTER_S)
+    base = _http_date(date) if date else None
+    if base is None:
+        local = time.time() if now is None else now
+        if not plausible(local):
+            return None
+        base = local
+    return min(max(when - base, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _http_date(text: str) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def redact_url(url: str) -> str:
@@ -53,8 +72,8 @@ def redact_url(url: str) -> str:
 
 
 def idempotency_key(gateway_id: str, batch: Batch) -> str:
-    """(gateway, first seq, last seq): the same batch sent twice has the same key."""
-    return f"{gateway_id}:{batch.first_seq}-{batch.last_seq}"
+    """(gateway, buffer, first seq, last seq): the same batch sent twice has the same key."""
+    return f"{gateway_id}:{batch.buffer_id}:{batch.first_seq}-{batch.last_seq}"
 
 
 class HttpUplink:
@@ -112,6 +131,7 @@ class HttpUplink:
             "Content-Encoding": "gzip",
             "Idempotency-Key": idempotency_key(self.gateway_id, batch),
             "X-Edgeagent-Gateway": self.gateway_id,
+            "X-Edgeagent-Buffer": batch.buffer_id,
             "X-Edgeagent-First-Seq": str(batch.first_seq),
             "X-Edgeagent-Last-Seq": str(batch.last_seq),
             "X-Edgeagent-Count": str(len(batch.readings)),
@@ -125,7 +145,7 @@ class HttpUplink:
                 if 200 <= status < 300:
                     return
                 text = (await resp.text(errors="replace"))[:MAX_ERROR_BODY_CHARS]
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), resp.headers.get("Date"))
         except TimeoutError as exc:
             # The connection may look open while nothing comes back: rebuild the client.
             await self._session.close()

@@ -236,6 +236,7 @@ def publish_properties(gateway_id: str, batch: Batch) -> Properties:
     props.PayloadFormatIndicator = 0  # bytes (gzip), not UTF-8 text
     props.UserProperty = [
         ("idempotency-key", idempotency_key(gateway_id, batch)),
+        ("buffer-id", batch.buffer_id),
         ("first-seq", str(batch.first_seq)),
         ("last-seq", str(batch.last_seq)),
         ("count", str(len(batch.readings))),
