@@ -105,6 +105,9 @@ class ModbusTcpBus(_Reconnecting):
     timeout_ms: int = Field(default=1000, gt=0, le=60_000)
     inter_frame_ms: float = Field(default=0, ge=0, le=10_000, description="pause between two transactions")
     close_after_poll: bool = Field(default=False, description="drop the connection after every poll (device quirk)")
+    reopen_after_timeouts: int = Field(
+        default=3, ge=1, le=100, description="unanswered requests in a row, every unit silent, before dialling again"
+    )
 
 
 class ModbusRtuBus(_Reconnecting):

@@ -63,7 +63,7 @@ class BusLive:
     detail: str = ""
     state_since: float = field(default_factory=time.time)
     transactions: int = 0
-    restarts: int = 0  # BLE scanner restarts by the watchdog
+    restarts: int = 0  # BLE: scanner restarts by the watchdog; Modbus TCP: reopens of a silent connection
 
     def set_state(self, state: str, detail: str = "") -> None:
         """Record the bus's state; ``state_since`` moves only when the state changes."""

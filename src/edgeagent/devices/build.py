@@ -186,6 +186,7 @@ def _modbus_poller(
         beat=beat,
         bus_live=bus_live,
         close_after_poll=isinstance(bus, ModbusTcpBus) and bus.close_after_poll,
+        reopen_after_timeouts=bus.reopen_after_timeouts if isinstance(bus, ModbusTcpBus) else None,
     )
 
 

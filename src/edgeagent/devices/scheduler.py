@@ -7,6 +7,12 @@ short delays do not add up into a lower poll rate. A failing device is retried o
 normal schedule until it is offline, then with capped, jittered backoff and a single
 attempt per probe, so a dead sensor costs its neighbours as little bus time as
 possible. Writes (from rules or the CLI) queue here too and go first.
+
+A connection that stops answering while it looks open (a converter behind a NAT that
+dropped it, a stuck converter) is reopened once every request on it goes unanswered:
+``silence.py`` tells that apart from one dead unit among answering neighbours, which
+must never cost them their connection. Each reopen is logged once and counted in the
+bus's ``restarts``.
 """
 
 from __future__ import annotations
@@ -17,13 +23,21 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from edgeagent.backoff import Backoff
 from edgeagent.config import DeviceConfig
 from edgeagent.devices.health import Health
 from edgeagent.devices.modbus import ModbusDevice
-from edgeagent.errors import DecodeError, DeviceError, DeviceTimeout, DeviceUnreachable, InvalidWrite
+from edgeagent.devices.silence import SilenceWatch, Verdict
+from edgeagent.errors import (
+    DecodeError,
+    DeviceError,
+    DeviceException,
+    DeviceTimeout,
+    DeviceUnreachable,
+    InvalidWrite,
+)
 from edgeagent.live import BusLive, DeviceLive
 from edgeagent.model import Reading
 
@@ -50,6 +64,17 @@ class Closable(Protocol):
     label: str
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Reopenable(Protocol):
+    """A transport whose connection can be dropped and dialled again after its backoff."""
+
+    label: str
+
+    async def close(self) -> None: ...
+
+    async def reopen(self, reason: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -87,6 +112,7 @@ class BusPoller:
         bus_live: BusLive | None = None,
         close_after_poll: bool = False,
         inter_poll_s: float = 0.0,
+        reopen_after_timeouts: int | None = None,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -104,6 +130,12 @@ class BusPoller:
         self._writes: deque[_WriteJob] = deque()
         self._wake = asyncio.Event()
         self._running = False
+        self._silence: SilenceWatch | None = None
+        if reopen_after_timeouts is not None:
+            if not isinstance(transport, Reopenable):
+                raise TypeError(f"bus {name}: its transport cannot be reopened")
+            self._silence = SilenceWatch(reopen_after_timeouts, list(self._by_id))
+        self._reopens = 0  # reopens since the connection last answered
 
     @property
     def device_ids(self) -> list[str]:
@@ -155,18 +187,74 @@ class BusPoller:
                     async with asyncio.timeout(ceiling_s):
                         result = await op()
                 except TimeoutError as exc:
-                    if attempt + 1 == attempts:
+                    # After a reopen, a retry would only meet the reopen's backoff.
+                    if await self._unanswered(entry) or attempt + 1 == attempts:
                         raise DeviceTimeout(f"no answer from {device.id} within {ceiling_s:g} s") from exc
                 except DeviceTimeout:
-                    if attempt + 1 == attempts:
+                    if await self._unanswered(entry) or attempt + 1 == attempts:
                         raise
+                except DeviceException:
+                    self._answered(device.id)  # an exception answer: the connection works
+                    raise
+                except DeviceUnreachable:
+                    if self._silence is not None:
+                        self._silence.reset()  # the next connection is judged afresh
+                    raise
                 else:
+                    self._answered(device.id)
                     if self.bus_live is not None:
                         self.bus_live.transactions += 1
                     return result
             raise AssertionError("unreachable")
 
         return transact
+
+    # A connection that answers nothing ------------------------------------------------
+
+    def _answered(self, device_id: str) -> None:
+        if self._silence is None:
+            return
+        self._silence.answered(device_id)
+        if self._reopens:
+            log.info("bus %s answers again after %d reopen(s) of %s", self.name, self._reopens, self.transport.label)
+            self._reopens = 0
+
+    async def _unanswered(self, entry: _Schedule) -> bool:
+        """Count a timeout against the connection; True if that got the connection reopened."""
+        if self._silence is None:
+            return False
+        verdict = self._silence.timed_out(entry.device.id)
+        if verdict is Verdict.ASK_ANOTHER:
+            self._ask_witness()
+        elif verdict is Verdict.SILENT:
+            await self._reopen()
+            return True
+        return False
+
+    def _ask_witness(self) -> None:
+        """One device alone has gone quiet: poll another now; its answer or silence decides."""
+        assert self._silence is not None
+        witnesses = self._silence.witnesses()
+        candidates = [s for s in self._schedules if s.device.id in witnesses]
+        if candidates:
+            pick = min(candidates, key=lambda s: (s.health.offline, s.due))
+            pick.due = min(pick.due, time.monotonic())
+
+    async def _reopen(self) -> None:
+        assert self._silence is not None and isinstance(self.transport, Reopenable)
+        reason = f"connection silent: {self._silence.describe()}"
+        self._silence.reset()
+        self._reopens += 1
+        if self.bus_live is not None:
+            self.bus_live.restarts += 1
+            self.bus_live.set_state("down", f"{reason}; dialling again")
+        if self._reopens == 1:
+            log.warning("bus %s: %s on %s; closing it and dialling again", self.name, reason, self.transport.label)
+        else:  # still silent after a reopen: counted on the status page, not repeated in the log
+            log.debug("bus %s: %s again (reopen %d)", self.name, reason, self._reopens)
+        await self.transport.reopen(reason)
+
+    # Polls ----------------------------------------------------------------------------
 
     async def _poll(self, entry: _Schedule) -> None:
         device = entry.device

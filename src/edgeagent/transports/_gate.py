@@ -20,6 +20,11 @@ class ReopenGate:
         self._next_attempt = 0.0
         self.last_error = ""
 
+    @property
+    def failures(self) -> int:
+        """Failed attempts since the last success; each one lets the delay grow."""
+        return self._backoff.failures
+
     def wait_left(self) -> float:
         """Seconds until the next attempt is due; 0 when it may be made now."""
         return max(0.0, self._next_attempt - time.monotonic())

@@ -6,6 +6,12 @@ jittered backoff; pymodbus's own background reconnect and retries are switched o
 that exactly one place decides when to dial again and when to try a request again (the
 bus scheduler). Nothing above this module sees a pymodbus or pyserial exception.
 
+A connection can also be given up while it looks open: the bus scheduler, which sees
+every unit's answers, calls ``reopen()`` when nothing on it answers any more. Dialling
+does not prove such a connection works (a stuck converter accepts and then says
+nothing), so after a reopen the backoff starts over only with the first answer, and a
+converter that stays mute is dialled ever more slowly.
+
 Each request has its own timeout (devices on one bus answer at different speeds); it
 is enforced here around pymodbus's call, which is created with the slowest of them. A
 late answer to a request that timed out is dropped by pymodbus, which matches answers
@@ -73,6 +79,7 @@ class ModbusTransport:
         self._client: ModbusBaseClient | None = None
         self._gate = ReopenGate(reconnect_min_s, reconnect_max_s)
         self._quiet_from = 0.0
+        self._unproven = False  # reopened for silence, and nothing has answered since
 
     @property
     def label(self) -> str:
@@ -106,9 +113,16 @@ class ModbusTransport:
             client.close()
             self._gate.failed(error)
             raise DeviceUnreachable(f"cannot {self.dial_verb} {self.label}: {error}")
-        self._gate.succeeded()
+        if not self._unproven:
+            self._gate.succeeded()
         self._client = client
         return client
+
+    async def reopen(self, reason: str) -> None:
+        """Drop a connection that answers nothing; it is dialled again after the backoff."""
+        await self.close()
+        self._gate.failed(reason)
+        self._unproven = True
 
     async def _quiet(self) -> None:
         """Keep the required silence after the previous transaction."""
@@ -134,6 +148,9 @@ class ModbusTransport:
             raise DeviceTimeout(f"unit {unit_id} at {self.label}: {exc}") from exc
         finally:
             self._quiet_from = time.monotonic() + self.inter_frame_s
+        if self._unproven:  # the first answer since a reopen for silence
+            self._unproven = False
+            self._gate.succeeded()
         if isinstance(rr, ExceptionResponse) or rr.isError():
             code = getattr(rr, "exception_code", 0)
             meaning = EXCEPTION_CODES.get(code, "unknown exception")
