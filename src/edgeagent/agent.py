@@ -33,6 +33,7 @@ from edgeagent.store import Budget, DestinationFilter, Store
 from edgeagent.sync.worker import SyncWorker
 from edgeagent.uplinks import make_uplink
 from edgeagent.web.app import make_app, status_builder
+from edgeagent.web.server import serve_status_page
 
 if TYPE_CHECKING:
     from bleak.backends.scanner import BaseBleakScanner
@@ -174,16 +175,9 @@ class Agent:
         cfg = self.site.web
         if not cfg.enabled:
             return None
-        app = make_app(status_builder(self.live, store))
+        app = make_app(status_builder(self.live, store), allowed_hosts=cfg.allowed_hosts)
         # A phone polling the page must not hold up a stop: in-flight requests get 2 s.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=WEB_SHUTDOWN_S)
-        await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise EdgeAgentError(f"cannot serve the status page on {cfg.host}:{cfg.port}: {exc.strerror}") from exc
+        runner = await serve_status_page(app, cfg, shutdown_timeout_s=WEB_SHUTDOWN_S)
         host, port = runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
         self.web_url = f"http://{shown}:{port}/"

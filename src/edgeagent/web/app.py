@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from edgeagent import __version__
 from edgeagent.live import Live
@@ -15,6 +16,7 @@ from edgeagent.store import Store
 
 StatusFn = Callable[[], Awaitable[dict[str, Any]]]
 STATUS_KEY = web.AppKey("status", StatusFn)  # type: ignore[type-abstract]
+ALLOWED_HOSTS_KEY = web.AppKey("allowed_hosts", frozenset[str])
 
 _STATIC = resources.files("edgeagent.web") / "static"
 _SECURITY_HEADERS = {
@@ -133,6 +135,48 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
+def host_allowed(host: str, allowed_hosts: Collection[str]) -> bool:
+    """Whether a ``Host`` header names this gateway: an IP literal, localhost or a configured name.
+
+    A DNS-rebinding page reaches us under its own name, so any other name is refused;
+    an address, whichever of ours it is, cannot be rebound. A port, if any, is ignored.
+    """
+    if host.startswith("["):  # [IPv6] or [IPv6]:port
+        literal, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return False
+        return _is_ip(literal) and ":" in literal
+    name, sep, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    if sep and not port.isdigit():
+        return False
+    if _is_ip(name):
+        return True
+    name = name.lower().removesuffix(".")
+    return name == "localhost" or name in allowed_hosts
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@web.middleware
+async def _known_host(request: web.Request, handler: Any) -> web.StreamResponse:
+    host = request.headers.get(hdrs.HOST)
+    # No Host header at all is no browser's request, so no rebinding: let it through.
+    if host is not None and not host_allowed(host, request.app[ALLOWED_HOSTS_KEY]):
+        return web.Response(
+            status=421,
+            text="421 Misdirected Request: this gateway does not answer to that host name "
+            "(an address works; names go in [web] allowed_hosts)\n",
+        )
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 async def _index(request: web.Request) -> web.Response:
     return web.Response(text=(_STATIC / "index.html").read_text(), content_type="text/html")
 
@@ -149,9 +193,11 @@ async def _api_status(request: web.Request) -> web.Response:
     return web.json_response(await request.app[STATUS_KEY]())
 
 
-def make_app(status: StatusFn) -> web.Application:
-    app = web.Application(middlewares=[_headers])
+def make_app(status: StatusFn, allowed_hosts: Collection[str] = ()) -> web.Application:
+    """The status page; ``allowed_hosts`` are the names (besides addresses and localhost) it answers to."""
+    app = web.Application(middlewares=[_headers, _known_host])
     app[STATUS_KEY] = status
+    app[ALLOWED_HOSTS_KEY] = frozenset(h.lower().removesuffix(".") for h in allowed_hosts)
     app.router.add_get("/", _index)
     app.router.add_get("/static/{name}", _asset)
     app.router.add_get("/api/status", _api_status)
