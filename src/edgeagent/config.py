@@ -71,12 +71,36 @@ class StoreConfig(_Strict):
     telemetry: ClassBudget = ClassBudget(max_bytes=256 * MIB, policy="drop_oldest")
 
 
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
 class WebConfig(_Strict):
-    """The local status page."""
+    """The local status page, and the limits that keep a hostile client from hurting the agent."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="a connection must send a complete request head within this"
+    )
+    max_connections: int = Field(default=64, ge=1, le=100_000, description="more are closed as soon as accepted")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="names the page answers to besides IP addresses and localhost"
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        out = []
+        for host in hosts:
+            name = host.strip().lower().removesuffix(".")
+            if not _HOST_NAME.match(name):
+                raise ValueError(
+                    f"allowed_hosts: {host!r} is not a host name (give the bare name, "
+                    "like 'gateway-17.roads.example', without scheme or port)"
+                )
+            out.append(name)
+        return out
 
 
 Parity = Literal["N", "E", "O"]
