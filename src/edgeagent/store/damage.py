@@ -18,7 +18,6 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ MARKER_SUFFIX = ".salvaged"
 WAL_HEADER_BYTES = 32
 SCAN_CHUNK = 1024
 GIVE_UP_WIDTH = 16  # a failing seq range this narrow is skipped: it sits in a broken page
-MAX_FAILED_CHUNKS = 200
+MAX_IDLE_CHUNKS = 64  # past the highest known number, this many empty chunks end the scan
 Row = tuple[int, int, int, object, int]
 
 
@@ -158,6 +157,9 @@ def salvage(aside: Path, store_path: Path, damage: Damage) -> None:
         return
     try:
         conn = sqlite3.connect(f"file:{aside}?mode=ro", uri=True, isolation_level=None)
+        # Tolerate a schema naming pages past the end of a file cut short: the tables
+        # whose pages are still there stay readable.
+        conn.execute("PRAGMA writable_schema = ON")
     except sqlite3.Error as exc:
         log.error("cannot open %s to salvage it: %s", aside, exc)
         return
@@ -206,6 +208,7 @@ def _salvage(conn: sqlite3.Connection, store_path: Path, damage: Damage) -> None
     for table in TABLES.values():
         rows[table] = [r for r in _readable_rows(conn, table, floor, highest) if r[2] in known_series]
     saved = sum(len(r) for r in rows.values())
+    highest = max([highest, *(r[-1][0] for r in rows.values() if r)])
     damage.highest_seq = max(damage.highest_seq, highest)
     damage.salvaged = saved
     damage.lost_at_most = max(0, highest - floor - saved)
@@ -230,32 +233,34 @@ def _salvage(conn: sqlite3.Connection, store_path: Path, damage: Damage) -> None
 
 
 def _readable_rows(conn: sqlite3.Connection, table: str, after: int, highest: int) -> list[Row]:
-    """Rows with seq in (after, highest], skipping the ranges that sit in broken pages."""
-    sql = f"SELECT seq, ts_ms, series, value, flags FROM {table} WHERE seq BETWEEN ? AND ? ORDER BY seq"
+    """Rows with seq above ``after``, skipping the ranges that sit in broken pages.
+
+    The highest number may itself be unreadable, so the scan goes on in chunks until a
+    long run of chunks past the highest known number holds nothing.
+    """
+    columns = f"SELECT seq, ts_ms, series, value, flags FROM {table}"
     try:
-        return conn.execute(sql, (after + 1, max(highest, after + 1))).fetchall()
+        return conn.execute(f"{columns} WHERE seq > ? ORDER BY seq", (after,)).fetchall()
     except sqlite3.Error:
         pass
     out: list[Row] = []
-    failed_chunks = 0
 
-    def scan(lo: int, hi: int) -> bool:
+    def scan(lo: int, hi: int) -> int:
+        """Rows found in [lo, hi], or -1 when none of it could be read."""
         try:
-            out.extend(conn.execute(sql, (lo, hi)).fetchall())
-            return True
+            rows = conn.execute(f"{columns} WHERE seq BETWEEN ? AND ? ORDER BY seq", (lo, hi)).fetchall()
         except sqlite3.Error:
             if hi - lo < GIVE_UP_WIDTH:
-                return False
+                return -1
             mid = (lo + hi) // 2
-            return scan(lo, mid) | scan(mid + 1, hi)
+            left, right = scan(lo, mid), scan(mid + 1, hi)
+            return -1 if left < 0 and right < 0 else max(left, 0) + max(right, 0)
+        out.extend(rows)
+        return len(rows)
 
-    for lo in _chunks(after + 1, highest):
-        if not scan(lo, min(lo + SCAN_CHUNK - 1, highest)):
-            failed_chunks += 1
-            if failed_chunks > MAX_FAILED_CHUNKS:
-                break
+    lo, idle = after + 1, 0
+    while idle <= MAX_IDLE_CHUNKS or lo <= highest:
+        found = scan(lo, lo + SCAN_CHUNK - 1)
+        idle = 0 if found > 0 else idle + 1
+        lo += SCAN_CHUNK
     return out
-
-
-def _chunks(lo: int, hi: int) -> Iterable[int]:
-    return range(lo, hi + 1, SCAN_CHUNK)
