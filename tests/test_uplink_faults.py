@@ -84,8 +84,9 @@ async def test_corrupt_store_is_moved_aside_and_an_alarm_goes_upstream_first(
     async with running_agent(tmp_path, modbus_port=sensor.port, ingest_url=ingest.url) as agent:
         await wait_until(lambda: len(ingest.records) >= 5, 10, "data upstream")
         assert agent.live.alarms and agent.live.alarms[0]["kind"] == "store_corrupt"
-    first = ingest.records[("gw-test", 1)]
+    first = min(ingest.records.values(), key=lambda rec: rec["seq"])
     assert first["n"] == "gw-test/gateway/store_corrupt"
+    assert first["vs"].startswith("corrupt: the buffer failed its integrity check")
     aside = [p for p in state.iterdir() if p.name.startswith("buffer.sqlite.corrupt-")]
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"SQLite format 3\x00\x5a")
 
@@ -127,6 +128,6 @@ retry_max_ms = 200
             )
         all_seqs = everything.seqs()
         assert all_seqs == list(range(1, len(all_seqs) + 1))
-        devices = {seq: rec["n"].split("/")[1] for (_, seq), rec in everything.records.items()}
-        assert set(devices.values()) == {"wl-01", "wl-02"}
+        devices = {seq: rec["n"].split("/")[1] for (_, _, seq), rec in everything.records.items()}
+        assert set(devices.values()) == {"wl-01", "wl-02", "gateway"}
         assert drainage.seqs() == [s for s in all_seqs if devices[s] == "wl-01"], "exactly its share"

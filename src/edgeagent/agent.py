@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from edgeagent.clock import StepDetector
 from edgeagent.config import SiteConfig, profiles_for
 from edgeagent.devices import BusPoller
 from edgeagent.devices.build import Runner, build_live, build_runners
@@ -80,7 +81,16 @@ class Agent:
     def _raise_alarm(self, store: Store, kind: str, message: str) -> None:
         log.error("alarm %s: %s", kind, message)
         self.live.alarms.append({"kind": kind, "message": message, "ts": time.time()})
-        store.append(Reading("gateway", kind, time.time(), 1.0, "", priority=Priority.ALARM))
+        store.append(Reading("gateway", kind, time.time(), message, "", priority=Priority.ALARM))
+
+    def _report_buffer(self, store: Store) -> None:
+        """Damage found at start is an alarm; a buffer made new (first start, new card) an event."""
+        if store.damage is not None:
+            self._raise_alarm(store, "store_corrupt", f"{store.damage.kind}: {store.damage.message()}")
+        elif store.created:
+            message = f"new buffer {store.buffer_id}: none was found in {store.path.parent}"
+            log.warning("%s", message)
+            store.append(Reading("gateway", "store_created", time.time(), message, "", priority=Priority.EVENT))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; raise if a critical task dies."""
@@ -99,8 +109,7 @@ class Agent:
             await store.open()
             stack.push_async_callback(store.close)
             self.store = store
-            if store.moved_aside:
-                self._raise_alarm(store, "store_corrupt", f"unreadable store moved aside to {store.moved_aside}")
+            self._report_buffer(store)
 
             uplinks = [make_uplink(cfg, site.gateway.id) for cfg in site.uplinks]
             for up, cfg in zip(uplinks, site.uplinks, strict=True):
@@ -216,8 +225,10 @@ class Agent:
         return f"{online}/{len(devices)} devices online; backlog {backlog}; {links or 'no uplinks'}"
 
     async def _status_loop(self, store: Store) -> None:
+        steps = StepDetector()
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
+            steps.check()
             self.notifier.status(await self._summary(store))
 
     async def _watchdog_loop(self, interval_s: float) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from edgeagent import __version__
+from edgeagent.clock import clock_state
 from edgeagent.live import Live
 from edgeagent.store import Store
 
@@ -29,6 +30,20 @@ _SECURITY_HEADERS = {
 
 def _age(now: float, ts: float | None) -> float | None:
     return None if ts is None else round(max(0.0, now - ts), 1)
+
+
+def _damage(store: Store) -> dict[str, Any] | None:
+    d = store.damage
+    if d is None:
+        return None
+    return {
+        "kind": d.kind,
+        "detail": d.detail,
+        "moved_aside": d.moved_aside,
+        "old_buffer_id": d.old_buffer_id,
+        "salvaged": d.salvaged,
+        "lost_at_most": d.lost_at_most,
+    }
 
 
 def status_builder(live: Live, store: Store) -> StatusFn:
@@ -94,6 +109,7 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                 "id": live.gateway_id,
                 "version": __version__,
                 "uptime_s": round(live.uptime_s, 1),
+                "clock": clock_state().as_dict(),
             },
             "devices": devices,
             "buses": [
@@ -119,6 +135,10 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                 "class_bytes": stats.class_bytes,
                 "dropped": stats.dropped,
                 "last_error": stats.last_error,
+                "buffer_id": stats.buffer_id,
+                "produced_total": stats.produced_total,
+                "salvage": stats.salvage,
+                "damage": _damage(store),
             },
             "uplinks": uplinks,
             "alarms": list(live.alarms),
