@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 
 def site_toml(
@@ -82,3 +86,31 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, wha
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a receiver started later, or a status page)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def api_status(port: int) -> dict[str, Any]:
+    """The agent's /api/status, as a phone would fetch it."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/api/status") as resp:
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+async def wait_status(
+    port: int, predicate: Callable[[dict[str, Any]], bool], what: str, timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """Poll /api/status until ``predicate`` holds; fail naming ``what`` and the store's state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = await api_status(port)
+        if predicate(status):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}: {status['store']}")
+        await asyncio.sleep(0.1)

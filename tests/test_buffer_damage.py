@@ -11,29 +11,19 @@ what happened.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from edgeagent.sim.ingest import IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
 from tests.agentproc import AgentProcess, store_last_seq
-from tests.helpers import site_toml, wait_until
+from tests.helpers import api_status, free_port, site_toml, wait_status, wait_until
 
 GATEWAY = "gw-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _delete_wal(db: Path) -> None:
@@ -80,23 +70,6 @@ CASES: list[tuple[str, str, Callable[[Path], None], str, int, bool]] = [
 ]
 
 
-async def _status(port: int) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/api/status") as resp:
-        data: dict[str, Any] = await resp.json()
-        return data
-
-
-async def _wait_status(port: int, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        status = await _status(port)
-        if predicate(status):
-            return status
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {status['store']}")
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.parametrize(("case", "stop", "damage", "alarm", "backlog", "salvages"), CASES, ids=[c[0] for c in CASES])
 async def test_after_buffer_damage_a_deduping_receiver_gets_every_new_reading_and_the_salvage(
     tmp_path: Path,
@@ -109,10 +82,10 @@ async def test_after_buffer_damage_a_deduping_receiver_gets_every_new_reading_an
 ) -> None:
     state = tmp_path / "state"
     db = state / "buffer.sqlite"
-    web_port = _free_port()
+    web_port = free_port()
     async with WaterLevelSimulator(unit_ids=[1, 2, 3]) as sensor:
         sensor.counter_mode = True  # every answer a distinct value
-        ingest = IngestServer(port=_free_port())
+        ingest = IngestServer(port=free_port())
         config = tmp_path / "site.toml"
         # The receiver is not up yet: the first agent's readings all stay unsent.
         config.write_text(
@@ -144,19 +117,21 @@ async def test_after_buffer_damage_a_deduping_receiver_gets_every_new_reading_an
             second = AgentProcess(config)
             await second.start(notify_dir=tmp_path)
             await second.wait_ready()
-            status = await _status(web_port)
+            status = await api_status(web_port)
             new_id = status["store"]["buffer_id"]
             await wait_until(lambda: len(ingest.seqs(buffer_id=new_id)) >= 200, 30, "new readings upstream")
             sensor.silent = True  # no new readings: let everything drain
             while True:  # until the last reading committed is the last one received
-                status = await _status(web_port)
+                status = await api_status(web_port)
                 last = status["store"]["last_seq"]
-                await wait_until(lambda: ingest.seqs(buffer_id=new_id)[-1:] == [last], 30, "the new buffer to drain")
-                settled = await _status(web_port)
+                await wait_until(
+                    lambda last=last: ingest.seqs(buffer_id=new_id)[-1:] == [last], 30, "the new buffer to drain"
+                )
+                settled = await api_status(web_port)
                 if settled["store"]["last_seq"] == last and settled["store"]["pending_commit"] == 0:
                     break
             damage_info = status["store"]["damage"]
-            await _wait_status(web_port, lambda s: not s["store"]["salvage"], "the salvage to be delivered")
+            await wait_status(web_port, lambda s: not s["store"]["salvage"], "the salvage to be delivered")
             code, err = await second.terminate()
             assert code == 0, err
         finally:

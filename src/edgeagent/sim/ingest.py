@@ -64,9 +64,7 @@ class IngestServer:
     def seqs(self, gateway: str | None = None, buffer_id: str | None = None) -> list[int]:
         """Every distinct sequence number received (of one gateway, one buffer), sorted."""
         return sorted(
-            s
-            for g, b, s in self.records
-            if (gateway is None or g == gateway) and (buffer_id is None or b == buffer_id)
+            s for g, b, s in self.records if (gateway is None or g == gateway) and (buffer_id is None or b == buffer_id)
         )
 
     def device_records(self, prefix: str = "") -> list[dict[str, Any]]:
