@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from edgeagent.model import Priority, Quality, Reading
@@ -133,3 +135,27 @@ async def test_pending_readings_are_committed_on_close(tmp_path: Path) -> None:
     await store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM readings_telemetry").fetchone()[0] == 1
+
+
+async def test_state_folder_and_buffer_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Outside the packaged unit (no UMask=, no StateDirectoryMode=) nobody else may read the buffer."""
+    state = tmp_path / "var" / "state"
+    old = os.umask(0)  # the most permissive a shell could have
+    try:
+        async with Store(state / "b.sqlite", destinations=["up"]) as store:
+            for i in range(10):
+                store.append(_r(i))
+            await store.flush()
+            files = sorted(p.name for p in state.iterdir())
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()}
+        # A damaged buffer's salvage and the marker of its recovery are private too.
+        (state / "b.sqlite").write_bytes(b"SQLite format 3\x00" + b"\x5a" * 8192)
+        async with Store(state / "b.sqlite", destinations=["up"]) as store:
+            assert store.damage is not None
+            later = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()}
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert files == ["b.sqlite", "b.sqlite-shm", "b.sqlite-wal"]
+    assert set(modes.values()) == {0o600}, modes
+    assert set(later.values()) == {0o600}, later

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeagent.store.schema import TABLES, create_file, new_buffer_id
+from edgeagent.store.schema import FILE_MODE, TABLES, create_file, new_buffer_id
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def settle_asides(store_path: Path, damage: Damage | None) -> tuple[int, Damage 
 
 def _write_marker(marker: Path, damage: Damage) -> None:
     tmp = marker.with_name(marker.name + ".tmp")
-    with tmp.open("w") as f:
+    with os.fdopen(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, FILE_MODE), "w") as f:
         f.write(f"highest_seq={damage.highest_seq} salvaged={damage.salvaged} lost_at_most={damage.lost_at_most}\n")
         f.flush()
         os.fsync(f.fileno())
