@@ -302,5 +302,25 @@ def test_unreadable_token_file_is_a_config_error_not_a_crash(tmp_path: Path) -> 
     text = _good(tmp_path).replace('kind = "http"', f'kind = "http"\ntoken_file = "{tmp_path / "missing.token"}"')
     result = _cli("run", "--config", str(_write(tmp_path, text)))
     assert result.returncode == 2, result.stderr
-    assert "uplinks.platform.token_file: cannot read: No such file or directory" in result.stderr
+    assert "uplinks[0].token_file: cannot read token file" in result.stderr
+    assert "No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_class_budget_takes_its_documented_defaults_for_the_keys_not_given(tmp_path: Path) -> None:
+    text = _good(tmp_path) + "[store.event]\nmax_bytes = 1048576\n[store.alarm]\npolicy = 'drop_oldest'\n"
+    store = load_config(_write(tmp_path, text)).store
+    assert (store.event.max_bytes, store.event.policy) == (1024 * 1024, "drop_oldest")
+    assert (store.alarm.max_bytes, store.alarm.policy) == (16 * 1024 * 1024, "drop_oldest")
+    assert (store.telemetry.max_bytes, store.telemetry.policy) == (256 * 1024 * 1024, "drop_oldest")
+    reject = load_config(_write(tmp_path, _good(tmp_path) + "[store.alarm]\nmax_bytes = 1048576\n")).store.alarm
+    assert (reject.max_bytes, reject.policy) == (1024 * 1024, "reject_new")
+
+
+def test_parts_of_a_config_know_their_key_path(tmp_path: Path) -> None:
+    text = _good(tmp_path) + '[[uplinks]]\nname = "second"\nkind = "http"\nurl = "http://127.0.0.1:9/"\n'
+    path = _write(tmp_path, text)
+    site = load_config(path)
+    assert str(site.uplinks[1].problem("token_file", "x")) == f"{path}: uplinks[1].token_file: x"
+    assert str(site.devices[0].problem("key_file", "x")) == f"{path}: devices[0].key_file: x"
+    assert str(site.problem("web.port", "x")) == f"{path}: web.port: x"

@@ -471,6 +471,6 @@ async def test_mutual_tls_needs_the_client_certificate(tmp_path: Path) -> None:
 
 async def test_a_missing_ca_file_is_a_config_error(tmp_path: Path) -> None:
     uplink = MqttUplink(uplink_cfg(8883, tls=True, ca_file=tmp_path / "missing.pem"), GATEWAY)
-    with pytest.raises(ConfigError, match=r"uplinks\.broker\.ca_file: cannot load the CA bundle"):
+    with pytest.raises(ConfigError, match=r"ca_file: cannot read .*missing\.pem: No such file"):
         await uplink.start()
     await uplink.close()

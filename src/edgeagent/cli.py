@@ -27,11 +27,22 @@ EXIT_CONFIG = 2
 log = logging.getLogger("edgeagent")
 
 
-def _cmd_check_config(args: argparse.Namespace) -> int:
-    from edgeagent.config import load_config
+def _load_for_run(path: str) -> SiteConfig:
+    """A config as ``run`` takes it: valid, and every file, folder and port it names usable.
 
+    ``check-config`` calls this too, so the two cannot disagree about a config.
+    """
+    from edgeagent.config import load_config
+    from edgeagent.preflight import check_site
+
+    site = load_config(Path(path))
+    check_site(site)
+    return site
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        load_config(Path(args.file))
+        _load_for_run(args.file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -42,12 +53,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edgeagent.agent import Agent, install_signal_handlers
-    from edgeagent.config import load_config
     from edgeagent.logs import setup_logging
 
     setup_logging(args.log_level)
     try:
-        site = load_config(Path(args.config))
+        site = _load_for_run(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config: %s", problem)
@@ -61,7 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except ConfigError as exc:
-        # Found only at start (an unreadable secret file, say): a restart would not help.
+        # A file that changed since the check (an unreadable secret, say): a restart would not help.
         for problem in exc.problems:
             log.error("config: %s", problem)
         return EXIT_CONFIG

@@ -3,22 +3,28 @@
 Unknown keys are errors (a misspelt key silently ignored is a setting silently lost).
 Durations and sizes carry their unit in the key name. Relative paths are taken
 relative to the config file's folder, so a config means the same wherever it is run.
+What the files and folders a config names must hold is checked by ``preflight``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -42,6 +48,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Located(_Strict):
+    """A part of a config that knows where it was written (file and key path, e.g. ``uplinks[0]``).
+
+    Files a config names are read again at start (by an uplink, say); a problem found
+    then must name the same key path that ``check-config`` would have named.
+    """
+
+    _file: str = PrivateAttr(default="<config>")
+    _where: str = PrivateAttr(default="")
+
+    def problem(self, key: str, message: str) -> ConfigProblem:
+        """A problem with this part's ``key`` (a dotted path below it)."""
+        path = f"{self._where}.{key}" if self._where else key
+        return ConfigProblem(self._file, path, message)
+
+
 class GatewayConfig(_Strict):
     """Who this gateway is and where it keeps its state."""
 
@@ -60,25 +82,50 @@ class ClassBudget(_Strict):
     thin_keep_every: int = Field(default=2, ge=2, le=100, description="with policy thin: keep every n-th old reading")
 
 
+DEFAULT_BUDGETS: dict[str, ClassBudget] = {
+    "alarm": ClassBudget(max_bytes=16 * MIB, policy="reject_new"),
+    "event": ClassBudget(max_bytes=32 * MIB, policy="drop_oldest"),
+    "telemetry": ClassBudget(max_bytes=256 * MIB, policy="drop_oldest"),
+}
+
+
 class StoreConfig(_Strict):
     """The local buffer: commits are batched to spare the SD card; each class has a budget."""
 
     commit_interval_ms: int = Field(default=1000, gt=0, le=60_000)
     commit_max_readings: int = Field(default=1000, gt=0, le=100_000)
     max_pending_readings: int = Field(default=100_000, ge=1000, le=10_000_000)
-    alarm: ClassBudget = ClassBudget(max_bytes=16 * MIB, policy="reject_new")
-    event: ClassBudget = ClassBudget(max_bytes=32 * MIB, policy="drop_oldest")
-    telemetry: ClassBudget = ClassBudget(max_bytes=256 * MIB, policy="drop_oldest")
+    alarm: ClassBudget = DEFAULT_BUDGETS["alarm"]
+    event: ClassBudget = DEFAULT_BUDGETS["event"]
+    telemetry: ClassBudget = DEFAULT_BUDGETS["telemetry"]
+
+    @field_validator("alarm", "event", "telemetry", mode="before")
+    @classmethod
+    def _class_defaults(cls, value: object, info: ValidationInfo) -> object:
+        """A class's table with only some keys takes that class's defaults for the rest."""
+        if isinstance(value, dict) and info.field_name is not None:
+            return {**DEFAULT_BUDGETS[info.field_name].model_dump(), **value}
+        return value
 
 
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _listen_host(value: str) -> str:
+    """An IP address or a host name: a port or brackets in it would fail only at start."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_NAME.match(value.lower().removesuffix(".")):
+            raise ValueError("an IP address or a host name, without port or brackets") from None
+    return value
 
 
 class WebConfig(_Strict):
     """The local status page, and the limits that keep a hostile client from hurting the agent."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_listen_host)] = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
     request_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="a connection must send a complete request head within this"
@@ -202,7 +249,7 @@ class AssetConfig(_Strict):
 _MAC = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 
 
-class DeviceConfig(_Strict):
+class DeviceConfig(Located):
     """A field device: a profile at an address on a bus.
 
     The address is the one its protocol uses: ``unit_id`` for Modbus, ``sensor_id`` for
@@ -248,7 +295,7 @@ class DeviceConfig(_Strict):
 PriorityName = Literal["alarm", "event", "telemetry"]
 
 
-class _UplinkBase(_Strict):
+class _UplinkBase(Located):
     """What every destination has: its own cursor, filter, pace and retry limits."""
 
     name: Ident
@@ -310,7 +357,7 @@ class MqttUplinkConfig(_UplinkBase):
 UplinkConfig = Annotated[HttpUplinkConfig | MqttUplinkConfig, Field(discriminator="kind")]
 
 
-class SiteConfig(_Strict):
+class SiteConfig(Located):
     """Everything one gateway runs."""
 
     gateway: GatewayConfig
@@ -360,7 +407,27 @@ def _cross_check(file: str, site: SiteConfig) -> tuple[list[ConfigProblem], dict
     for j, bus in enumerate(site.buses):
         if isinstance(bus, SerialBus):
             problems += _check_serial_bus(file, j, bus, site, profiles)
+    for k, up in enumerate(site.uplinks):
+        if isinstance(up, HttpUplinkConfig):
+            problems += _check_url_credentials(file, k, up)
     return problems, profiles
+
+
+def _check_url_credentials(file: str, k: int, up: HttpUplinkConfig) -> list[ConfigProblem]:
+    """aiohttp sends credentials in the URL as basic auth: never beside a bearer token, only in Latin-1."""
+    user, password = up.url.username, up.url.password
+    if user is None and password is None:
+        return []
+    if up.token_file is not None:
+        message = "a bearer token cannot go with credentials in url (user:password@): give one of them"
+        return [ConfigProblem(file, f"uplinks[{k}].token_file", message)]
+    try:
+        unquote(user or "").encode("latin-1")
+        unquote(password or "").encode("latin-1")
+    except UnicodeEncodeError:
+        message = "the user name and password in the URL must be Latin-1 text (HTTP basic auth)"
+        return [ConfigProblem(file, f"uplinks[{k}].url", message)]
+    return []
 
 
 _ADDRESS_KEYS = {"modbus": "unit_id", "vaisala_pwd": "sensor_id", "bthome": "mac", "ruuvi": "mac"}
@@ -429,7 +496,8 @@ def _check_serial_bus(
     return []
 
 
-def _resolve_paths(site: SiteConfig, base: Path) -> SiteConfig:
+def _resolve_paths(site: SiteConfig, base: Path, file: str) -> SiteConfig:
+    """Paths made absolute against the config's folder; each part told where it was written."""
     gateway = site.gateway.model_copy(update={"state_dir": (base / site.gateway.state_dir).resolve()})
     uplinks = [
         u.model_copy(
@@ -445,11 +513,30 @@ def _resolve_paths(site: SiteConfig, base: Path) -> SiteConfig:
         d.model_copy(update={"key_file": (base / d.key_file).resolve()}) if d.key_file is not None else d
         for d in site.devices
     ]
-    return site.model_copy(update={"gateway": gateway, "uplinks": uplinks, "devices": devices})
+    resolved = site.model_copy(update={"gateway": gateway, "uplinks": uplinks, "devices": devices})
+    resolved._file = file
+    for section, parts in (("uplinks", uplinks), ("devices", devices)):
+        for i, part in enumerate(parts):
+            part._file, part._where = file, f"{section}[{i}]"
+    return resolved
+
+
+def _nul_problems(file: str, node: object, path: str = "") -> list[ConfigProblem]:
+    """Strings holding a NUL: no name, path or host can, and the OS would refuse them later with a traceback."""
+    if isinstance(node, str):
+        return [ConfigProblem(file, path, "contains a NUL character")] if "\x00" in node else []
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in _nul_problems(file, value, f"{path}.{key}" if path else key)]
+    if isinstance(node, list):
+        return [p for i, value in enumerate(node) for p in _nul_problems(file, value, f"{path}[{i}]")]
+    return []
 
 
 def parse_config(data: dict[str, object], *, file: str = "<config>", base: Path | None = None) -> SiteConfig:
     """Validate a parsed config; raise ConfigError listing every problem."""
+    nul = _nul_problems(file, data)
+    if nul:
+        raise ConfigError(nul)
     try:
         site = SiteConfig.model_validate(data)
     except ValidationError as exc:
@@ -457,7 +544,7 @@ def parse_config(data: dict[str, object], *, file: str = "<config>", base: Path 
     problems, _ = _cross_check(file, site)
     if problems:
         raise ConfigError(problems)
-    return _resolve_paths(site, base or Path.cwd())
+    return _resolve_paths(site, base or Path.cwd(), file)
 
 
 def load_config(path: Path) -> SiteConfig:

@@ -390,12 +390,15 @@ def _child(node: object, part: str | int) -> object:
 
 
 def read_toml(path: Path) -> dict[str, object]:
-    """Parse a TOML file, turning syntax and I/O errors into a ConfigError."""
+    """Parse a TOML file, turning syntax, encoding and I/O errors into a ConfigError."""
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        raise ConfigError([ConfigProblem(str(path), "", message)]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"invalid TOML: {exc}")]) from exc
 

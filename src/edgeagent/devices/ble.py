@@ -20,16 +20,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from bleak.backends.scanner import BaseBleakScanner
 
 from edgeagent.backoff import Backoff
 from edgeagent.config import BleBus, DeviceConfig
 from edgeagent.devices.health import Health
-from edgeagent.errors import DecodeError, DeviceUnreachable
+from edgeagent.errors import ConfigError, DecodeError, DeviceUnreachable
 from edgeagent.live import BusLive, DeviceLive
 from edgeagent.model import Quality, Reading
+from edgeagent.preflight import bthome_key
 from edgeagent.profiles import BthomeProfile, FieldPoint, RuuviProfile
 from edgeagent.protocols import bthome, ruuvi
 from edgeagent.protocols.bthome import BTHomeDecryptor, BTHomeReplayError
@@ -45,22 +45,15 @@ Values = dict[str, float | int | bool | None]
 
 
 def read_key(cfg: DeviceConfig) -> bytes | None:
-    """The device's BTHome key from ``key`` or ``key_file``; raise DeviceUnreachable if unreadable."""
-    if cfg.key is not None:
-        return bytes.fromhex(cfg.key.get_secret_value())
-    if cfg.key_file is None:
-        return None
+    """The device's BTHome key from ``key`` or ``key_file``; raise DeviceUnreachable if unusable.
+
+    ``run`` refuses a bad key file before start (preflight); this is a file changed since,
+    or a tool reading one device: the device is shown offline with the reason.
+    """
     try:
-        text = Path(cfg.key_file).read_text().strip()
-    except OSError as exc:
-        raise DeviceUnreachable(f"cannot read key file {cfg.key_file}: {exc.strerror or exc}") from exc
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != bthome.KEY_BYTES:
-        raise DeviceUnreachable(f"key file {cfg.key_file} does not hold 32 hex digits")
-    return key
+        return bthome_key(cfg)
+    except ConfigError as exc:
+        raise DeviceUnreachable(exc.problems[0].message) from exc
 
 
 class BleDevice:

@@ -19,7 +19,8 @@ import aiohttp
 
 from edgeagent.clock import plausible
 from edgeagent.config import HttpUplinkConfig
-from edgeagent.errors import ConfigError, ConfigProblem, UplinkRejected, UplinkRetryLater
+from edgeagent.errors import UplinkRejected, UplinkRetryLater
+from edgeagent.preflight import read_secret
 from edgeagent.store import Batch
 from edgeagent.sync.senml import CONTENT_TYPE
 
@@ -90,15 +91,8 @@ class HttpUplink:
 
     async def start(self) -> None:
         if self.cfg.token_file is not None:
-            where = f"uplinks.{self.name}.token_file"
-            try:
-                token = self.cfg.token_file.read_text().strip()
-            except OSError as exc:
-                problem = ConfigProblem(str(self.cfg.token_file), where, f"cannot read: {exc.strerror}")
-                raise ConfigError([problem]) from exc
-            if not token:
-                raise ConfigError([ConfigProblem(str(self.cfg.token_file), where, "the token file is empty")])
-            self._auth = f"Bearer {token}"
+            # Checked by preflight before start; read again here, so a change since is refused the same way.
+            self._auth = f"Bearer {await asyncio.to_thread(read_secret, self.cfg, 'token_file')}"
         self._session = self._new_session()
 
     async def close(self) -> None:

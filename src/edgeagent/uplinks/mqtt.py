@@ -52,7 +52,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeagent.backoff import Backoff
 from edgeagent.config import MqttUplinkConfig
-from edgeagent.errors import ConfigError, ConfigProblem, UplinkRejected, UplinkRetryLater
+from edgeagent.errors import UplinkRejected, UplinkRetryLater
+from edgeagent.preflight import mqtt_tls_context, read_secret
 from edgeagent.store import Batch
 from edgeagent.sync.senml import CONTENT_TYPE
 from edgeagent.uplinks.http import idempotency_key
@@ -278,33 +279,14 @@ class MqttUplink:
         self._stop = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.name}")
 
-    def _problem(self, key: str, path: object, message: str) -> ConfigError:
-        return ConfigError([ConfigProblem(str(path), f"uplinks.{self.name}.{key}", message)])
-
+    # Both checked by preflight before start; loaded again here, so a change since is refused the same way.
     def _load_tls(self) -> ssl.SSLContext:
-        cfg = self.cfg
-        try:
-            ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise self._problem("ca_file", cfg.ca_file, f"cannot load the CA bundle: {exc}") from exc
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx = mqtt_tls_context(self.cfg)
         ctx.sslsocket_class = _ClosingSSLSocket
-        if cfg.cert_file is not None and cfg.key_file is not None:
-            try:
-                ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise self._problem("cert_file", cfg.cert_file, f"cannot load the client certificate: {exc}") from exc
         return ctx
 
     def _load_password(self) -> str:
-        path = self.cfg.password_file
-        try:
-            password = path.read_text().strip() if path is not None else ""
-        except OSError as exc:
-            raise self._problem("password_file", path, f"cannot read: {exc.strerror}") from exc
-        if not password:
-            raise self._problem("password_file", path, "the password file is empty")
-        return password
+        return read_secret(self.cfg, "password_file")
 
     async def close(self) -> None:
         """Say "offline", disconnect cleanly if the broker answers, and stop the connection task.
