@@ -66,7 +66,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], str, int, bool]] = [
     ("page_corrupt", "term", _corrupt_page, "store_corrupt:corrupt", 4000, True),
     ("cut_in_half", "term", _cut_in_half, "store_corrupt:corrupt", 4000, True),
     ("zero_length", "term", _zero_length, "store_corrupt:empty", 1000, False),
-    ("new_sd_card", "term", _new_card, "store_created:new buffer", 1000, False),
+    ("new_sd_card", "term", _new_card, "store_created:created", 1000, False),
 ]
 
 

@@ -166,7 +166,7 @@ def assert_exactly_once_in_order(messages: list[Received], up_to: int) -> Dedupe
     # A retry may be a larger batch than the attempt before it (new readings arrived
     # meanwhile): same first seq, later last seq. That is the only overlap allowed.
     for first_key, later_key in result.overlapping:
-        assert first_key.split(":")[1].split("-")[0] == later_key.split(":")[1].split("-")[0], (first_key, later_key)
+        assert first_key.split(":")[-1].split("-")[0] == later_key.split(":")[-1].split("-")[0], (first_key, later_key)
     return result
 
 
@@ -285,12 +285,19 @@ async def test_batches_carry_senml_and_properties_and_the_cursor_moves_on_puback
         await wait_until(lambda: max(receiver.unique_seqs()) >= cursor, 5, "the last acknowledged batch")
     assert cursor > 0 and live.readings_sent == cursor, "the cursor is exactly what was acknowledged"
     assert_exactly_once_in_order(receiver.messages, cursor)
-    m = receiver.messages[0]
-    assert m.topic == f"edgeagent/{GATEWAY}/readings/telemetry" and not m.retain
+    # The gateway's own events ("new buffer", the sensor's "online") go first, on their topic.
+    first = receiver.messages[0]
+    assert first.topic == f"edgeagent/{GATEWAY}/readings/event"
+    assert {rec["n"] for rec in first.records()} == {f"{GATEWAY}/gateway/store_created", f"{GATEWAY}/wl-01/state"}
+    m = next(m for m in receiver.messages if m.topic.endswith("/telemetry"))
+    assert not m.retain
     assert m.content_type == "application/senml+json" and m.payload_format == 0
     seqs = m.seqs()
+    buffer_id = m.records()[0]["bid"]
+    assert isinstance(buffer_id, str) and len(buffer_id) == 16
     assert m.user == {
-        "idempotency-key": f"{GATEWAY}:{seqs[0]}-{seqs[-1]}",
+        "idempotency-key": f"{GATEWAY}:{buffer_id}:{seqs[0]}-{seqs[-1]}",
+        "buffer-id": buffer_id,
         "first-seq": str(seqs[0]),
         "last-seq": str(seqs[-1]),
         "count": str(len(seqs)),

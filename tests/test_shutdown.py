@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edgeagent.agent import _cancel_all
+from edgeagent.units import cancel_all as _cancel_all
 
 
 async def test_a_task_that_swallows_one_cancel_is_cancelled_again() -> None:

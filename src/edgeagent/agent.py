@@ -1,12 +1,22 @@
-"""The supervisor: the one place that wires the parts together and runs them.
+"""The supervisor: the one place that wires the parts together, runs them, and reloads them.
 
-Start-up is a stack of async contexts (store, uplinks, web server), then one task per
-bus poller and per sync worker. Shutdown (SIGTERM/SIGINT) runs it backwards: stop
-polling, let each sync worker finish its batch in flight (or abandon it after a grace
-period: an unacknowledged batch is simply sent again next time), commit what is
-pending, close the store, stop serving. systemd hears READY=1 once the status page
-serves, STATUS= lines while running, WATCHDOG=1 only while every critical task checks
-in, and STOPPING=1 at the end.
+The store and the hub live as long as the process; everything else is a unit (see
+``units.py``): a runner per bus, an uplink with its sync worker per destination, the
+status page. Readings, device states, bus states, uplink results and alarms go
+through the hub, and the store, the live picture and the upstream events listen there.
+
+SIGHUP (``systemctl reload``) re-reads the config, validates it exactly as
+``check-config`` does, and applies the difference: only units whose slice changed are
+restarted, and devices added to, changed on or removed from a running polled bus are
+swapped in place, so their neighbours keep their rhythm. A config that fails changes
+nothing. Either outcome is logged, shown on the status page, and sent upstream.
+
+Shutdown (SIGTERM/SIGINT) runs it backwards: stop polling, let each sync worker finish
+its batch in flight (or abandon it after a grace period: an unacknowledged batch is
+simply sent again), commit what is pending, close the store, stop serving. systemd
+hears READY=1 once the status page serves, RELOADING=1 while a reload is applied,
+STATUS= lines while running, WATCHDOG=1 only while every critical task checks in, and
+STOPPING=1 at the end.
 """
 
 from __future__ import annotations
@@ -16,44 +26,44 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
 
 from edgeagent.clock import StepDetector
 from edgeagent.config import SiteConfig, profiles_for
-from edgeagent.devices import BusPoller
-from edgeagent.devices.build import Runner, build_live, build_runners
-from edgeagent.errors import EdgeAgentError, InvalidWrite
+from edgeagent.devices.build import Runner, build_live, build_runner, bus_live_of, device_live_of
+from edgeagent.errors import ConfigError, EdgeAgentError, InvalidWrite
 from edgeagent.health import Heartbeats
+from edgeagent.hub import AlarmTransition, DeviceStateChange, Hub, ReadingsBatch, Topic
 from edgeagent.live import DeviceState, Live, UplinkLive
 from edgeagent.model import Priority, Reading
 from edgeagent.notify import Notifier, watchdog_interval_s
+from edgeagent.reload import ConfigState, Plan, config_hash, plan_reload
 from edgeagent.store import Budget, DestinationFilter, Store
-from edgeagent.sync.worker import SyncWorker
-from edgeagent.uplinks import make_uplink
-from edgeagent.web.app import make_app, status_builder
-from edgeagent.web.server import serve_status_page
+from edgeagent.units import BusUnit, Unit, UplinkUnit, WebUnit, cancel_all
 
 if TYPE_CHECKING:
+    from aiohttp import web
     from bleak.backends.scanner import BaseBleakScanner
+
+    from edgeagent.sync.worker import SyncWorker
+    from edgeagent.uplinks import Uplink
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "buffer.sqlite"
-SYNC_STOP_GRACE_S = 2.0
 STATUS_EVERY_S = 10.0
 # How long a critical task may go without checking in before the watchdog stops pinging.
 CRITICAL_ALLOWANCE_S = 30.0
 WEB_SHUTDOWN_S = 2.0
-# Shutdown: how long to keep cancelling a task that will not stop, and how often.
-CANCEL_DEADLINE_S = 5.0
-CANCEL_RETRY_S = 0.2
 # Slow retry after a refusal, for uplinks whose config has no setting of its own.
 DEFAULT_REJECTED_RETRY_S = 300.0
 # When set to "1", SIGUSR2 makes the store's commit loop hang (a watchdog test hook).
 DEBUG_HANG_ENV = "EDGEAGENT_DEBUG_HANG_SIGNAL"
+GATEWAY = "gateway"  # the device name of the gateway's own readings
+MAX_REASON_CHARS = 1000
 
 
 class Agent:
@@ -63,39 +73,92 @@ class Agent:
         *,
         notifier: Notifier | None = None,
         ble_backend: type[BaseBleakScanner] | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.site = site
+        self.config_path = config_path
         self.notifier = notifier or Notifier()
         # bleak's backend seam: the demo and the tests put a simulated radio here.
         self.ble_backend = ble_backend
-        self.runners: dict[str, Runner] = {}  # device id -> the runner that owns its bus
+        self.hub = Hub()
         self.live = Live(gateway_id=site.gateway.id)
         self.heartbeats = Heartbeats()
         self.ready = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
         self.web_url: str | None = None
         self.store: Store | None = None
+        self.units: dict[str, Unit] = {}
+        self.runners: dict[str, Runner] = {}  # device id -> the runner that owns its bus
+        self.config = ConfigState(file=str(config_path) if config_path else None)
+        if config_path is not None:
+            self.config.applied(config_hash(config_path.read_bytes()), "started")
+        self._availability: dict[str, str] = {}  # device -> last online/offline sent upstream
 
-    def _build_live(self) -> None:
-        build_live(self.site, profiles_for(self.site), self.live)
+    # -- the gateway's own readings -----------------------------------------------------
 
-    def _raise_alarm(self, store: Store, kind: str, message: str) -> None:
-        log.error("alarm %s: %s", kind, message)
-        self.live.alarms.append({"kind": kind, "message": message, "ts": time.time()})
-        store.append(Reading("gateway", kind, time.time(), message, "", priority=Priority.ALARM))
+    def _gateway_reading(self, point: str, value: str, reason: str, priority: Priority) -> None:
+        reading = Reading(GATEWAY, point, time.time(), value, "", priority=priority, reason=reason[:MAX_REASON_CHARS])
+        self.hub.readings(GATEWAY, [reading])
+
+    def _raise_alarm(self, kind: str, message: str, source: str = GATEWAY) -> None:
+        self.hub.alarm(source, kind, True, message)
+
+    def _on_alarms(self, transitions: Sequence[AlarmTransition]) -> None:
+        for t in transitions:
+            if t.active:
+                log.error("alarm %s: %s", t.kind, t.message)
+                self.live.alarms.raise_(t.source, t.kind, t.message, t.ts)
+            else:
+                log.info("alarm %s cleared: %s", t.kind, t.message)
+                self.live.alarms.clear(t.source, t.kind, t.ts)
+            value = t.message.split(":", 1)[0] if t.active else "cleared"
+            reading = Reading(
+                t.source, t.kind, t.ts, value, "", priority=Priority.ALARM, reason=t.message[:MAX_REASON_CHARS]
+            )
+            self.hub.readings(t.source, [reading])
+
+    def _on_device_states(self, changes: Sequence[DeviceStateChange]) -> None:
+        """Availability goes upstream once per change: online or offline, with the reason.
+
+        Degraded (fewer failures in a row than the offline limit) stays on the page: a
+        single lost answer is not news for the city platform.
+        """
+        for c in changes:
+            if c.state not in (DeviceState.ONLINE, DeviceState.OFFLINE):
+                continue
+            if self._availability.get(c.device) == c.state:
+                continue
+            self._availability[c.device] = c.state
+            reading = Reading(c.device, "state", c.ts, c.state, "", priority=Priority.EVENT, reason=c.reason or None)
+            self.hub.readings(c.device, [reading])
 
     def _report_buffer(self, store: Store) -> None:
         """Damage found at start is an alarm; a buffer made new (first start, new card) an event."""
         if store.damage is not None:
-            self._raise_alarm(store, "store_corrupt", f"{store.damage.kind}: {store.damage.message()}")
+            self._raise_alarm("store_corrupt", f"{store.damage.kind}: {store.damage.message()}")
         elif store.created:
             message = f"new buffer {store.buffer_id}: none was found in {store.path.parent}"
             log.warning("%s", message)
-            store.append(Reading("gateway", "store_created", time.time(), message, "", priority=Priority.EVENT))
+            self._gateway_reading("store_created", "created", message, Priority.EVENT)
+
+    # -- running -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; raise if a critical task dies."""
+        """Run until ``stop`` is set; raise if a critical task dies.
+
+        A reload that changes the gateway section (its id or state folder) cannot be
+        applied part by part: everything is stopped and started again on the new config.
+        """
+        while await self._run_once(stop):
+            log.info("restarting every part for the new gateway settings")
+
+    async def _run_once(self, stop: asyncio.Event) -> bool:
         site = self.site
-        self._build_live()
+        self.live = Live(gateway_id=site.gateway.id, alarms=self.live.alarms)
+        build_live(site, profiles_for(site), self.live)
+        self.hub = Hub()
+        self._availability = {}
         async with AsyncExitStack() as stack:
             store = Store(
                 site.gateway.state_dir / STORE_FILE,
@@ -109,41 +172,26 @@ class Agent:
             await store.open()
             stack.push_async_callback(store.close)
             self.store = store
+            self.hub.listen(Topic.READINGS, _store_listener(store))
+            self.hub.listen(Topic.DEVICE_STATE, self._on_device_states)
+            self.hub.listen(Topic.ALARM, self._on_alarms)
             self._report_buffer(store)
+            stack.push_async_callback(self._stop_units)
 
-            uplinks = [make_uplink(cfg, site.gateway.id) for cfg in site.uplinks]
-            for up, cfg in zip(uplinks, site.uplinks, strict=True):
-                self.live.uplinks[up.name] = UplinkLive(name=up.name, kind=cfg.kind, target=up.target)
-                await up.start()
-                stack.push_async_callback(up.close)
+            for up in site.uplinks:
+                await self._start_unit(self._uplink_unit(up, destination_filters(site)[up.name]))
+            if site.web.enabled:
+                await self._start_unit(self._web_unit(site))
+            for bus in site.buses:
+                unit = self._bus_unit(site, bus.name)
+                if unit is not None:
+                    await self._start_unit(unit)
 
-            runner = await self._start_web(store)
-            if runner is not None:
-                stack.push_async_callback(runner.cleanup)
-
-            pollers = self._make_pollers(store)
-            workers = [
-                SyncWorker(
-                    store,
-                    up,
-                    self.live.uplinks[up.name],
-                    gateway_id=site.gateway.id,
-                    batch_max_readings=cfg.batch_max_readings,
-                    retry_min_s=cfg.retry_min_ms / 1000,
-                    retry_max_s=cfg.retry_max_ms / 1000,
-                    rejected_retry_s=getattr(cfg, "rejected_retry_s", DEFAULT_REJECTED_RETRY_S),
-                    bandwidth_bytes_per_s=cfg.bandwidth_bytes_per_s,
-                    beat=self.heartbeats.register(f"sync:{up.name}", CRITICAL_ALLOWANCE_S),
-                )
-                for up, cfg in zip(uplinks, site.uplinks, strict=True)
-            ]
-            poll_tasks = [asyncio.create_task(p.run(), name=f"poll:{p.name}") for p in pollers]
-            sync_tasks = [asyncio.create_task(w.run(), name=f"sync:{w.uplink.name}") for w in workers]
             aux = [asyncio.create_task(self._status_loop(store), name="status")]
             interval = watchdog_interval_s()
             if interval:
                 aux.append(asyncio.create_task(self._watchdog_loop(interval), name="watchdog"))
-
+            stack.push_async_callback(cancel_all, aux)
             if os.environ.get(DEBUG_HANG_ENV) == "1":
                 # Test hook for the systemd watchdog: SIGUSR2 really hangs a critical task.
                 asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, store.debug_hang)
@@ -153,64 +201,245 @@ class Agent:
                 "edgeagent %s running: %d devices on %d buses, %d uplinks%s",
                 site.gateway.id,
                 len(site.devices),
-                len(pollers),
-                len(uplinks),
+                sum(1 for u in self.units.values() if isinstance(u, BusUnit)),
+                len(site.uplinks),
                 f", status page {self.web_url}" if self.web_url else "",
             )
-            stopper = asyncio.create_task(stop.wait(), name="stop")
-            critical = set(poll_tasks) | set(sync_tasks)
-            try:
-                done, _ = await asyncio.wait({stopper, *critical}, return_when=asyncio.FIRST_COMPLETED)
-                failed = [t for t in done if t is not stopper]
-                self.notifier.stopping()
-                log.info("stopping")
-                await _cancel_all(poll_tasks)
-                for w in workers:
-                    w.stop()
-                _, late = await asyncio.wait(sync_tasks, timeout=SYNC_STOP_GRACE_S) if sync_tasks else ((), ())
-                if late:
-                    log.info(
-                        "abandoning %d upload(s) in flight; they are sent again next start",
-                        len(late),
-                    )
-                await _cancel_all([*late, *aux, stopper])
-                for t in failed:
-                    if not t.cancelled() and t.exception() is not None:
-                        raise EdgeAgentError(f"critical task {t.get_name()} died") from t.exception()
-            finally:
-                await _cancel_all([*poll_tasks, *sync_tasks, *aux, stopper])
+            return await self._supervise(stop)
 
-    async def _start_web(self, store: Store) -> web.AppRunner | None:
-        cfg = self.site.web
-        if not cfg.enabled:
+    async def _supervise(self, stop: asyncio.Event) -> bool:
+        """Wait for a stop, a reload or a dead unit; True when everything must start again."""
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            while True:
+                self.reload_requested.clear()
+                reload = asyncio.create_task(self.reload_requested.wait(), name="reload")
+                watched = {u.task: u for u in self.units.values() if u.task is not None}
+                done, _ = await asyncio.wait({stopper, reload, *watched}, return_when=asyncio.FIRST_COMPLETED)
+                reload.cancel()
+                if stopper in done:
+                    self.notifier.stopping()
+                    log.info("stopping")
+                    return False
+                failed = [t for t in done if t in watched]
+                for t in failed:
+                    self.notifier.stopping()
+                    exc = None if t.cancelled() else t.exception()
+                    raise EdgeAgentError(f"critical task {t.get_name()} died") from exc
+                if reload in done and await self.reload():
+                    return True
+        finally:
+            await cancel_all([stopper])
+
+    # -- units ---------------------------------------------------------------------------
+
+    async def _start_unit(self, unit: Unit) -> None:
+        await unit.start()
+        self.units[unit.name] = unit
+
+    async def _stop_unit(self, name: str) -> None:
+        unit = self.units.pop(name, None)
+        if unit is not None:
+            await unit.stop()
+
+    async def _stop_units(self) -> None:
+        """Buses first (no new readings), then uplinks (their batch in flight), then the page."""
+        order = {"bus": 0, "uplink": 1, "web": 2}
+        for name in sorted(self.units, key=lambda n: order.get(n.split(":")[0], 3)):
+            await self._stop_unit(name)
+
+    def _bus_unit(self, site: SiteConfig, bus_name: str) -> BusUnit | None:
+        bus = next(b for b in site.buses if b.name == bus_name)
+        configs = [d for d in site.devices if d.bus == bus_name]
+        if not configs:
             return None
-        app = make_app(status_builder(self.live, store), allowed_hosts=cfg.allowed_hosts)
-        # A phone polling the page must not hold up a stop: in-flight requests get 2 s.
+        profiles = profiles_for(site)
+        runner = build_runner(
+            bus,
+            configs,
+            profiles,
+            self.live,
+            self._on_readings,
+            beat=self.heartbeats.register(f"bus:{bus_name}", CRITICAL_ALLOWANCE_S),
+            on_alarm=self._raise_alarm,
+            ble_backend=self.ble_backend,
+            on_state=self.hub.device_state,
+        )
+        self.live.buses[bus_name].listener = self.hub.bus_state
+        for dev in configs:
+            self.runners[dev.id] = runner
+
+        def forget() -> None:
+            self.heartbeats.unregister(f"bus:{bus_name}")
+            for dev_id in [d for d, r in self.runners.items() if r is runner]:
+                del self.runners[dev_id]
+
+        return BusUnit(runner, bus_slice(site, bus_name), on_stop=forget)
+
+    def _on_readings(self, readings: list[Reading]) -> None:
+        if readings:
+            self.hub.readings(readings[0].device, readings)
+
+    def _uplink_unit(self, cfg: Any, filt: DestinationFilter) -> UplinkUnit:
+        from edgeagent.sync.worker import SyncWorker
+        from edgeagent.uplinks import make_uplink
+
+        store = self.store
+        assert store is not None
+        uplink = make_uplink(cfg, self.site.gateway.id)
+        self.live.uplinks[uplink.name] = UplinkLive(name=uplink.name, kind=cfg.kind, target=uplink.target)
+
+        def make_worker(up: Uplink) -> SyncWorker:
+            return SyncWorker(
+                store,
+                up,
+                self.live.uplinks[up.name],
+                gateway_id=self.site.gateway.id,
+                batch_max_readings=cfg.batch_max_readings,
+                retry_min_s=cfg.retry_min_ms / 1000,
+                retry_max_s=cfg.retry_max_ms / 1000,
+                rejected_retry_s=getattr(cfg, "rejected_retry_s", DEFAULT_REJECTED_RETRY_S),
+                bandwidth_bytes_per_s=cfg.bandwidth_bytes_per_s,
+                beat=self.heartbeats.register(f"sync:{up.name}", CRITICAL_ALLOWANCE_S),
+                on_result=self.hub.uplink_result,
+            )
+
+        return UplinkUnit(uplink, make_worker, (cfg, filt))
+
+    def _web_unit(self, site: SiteConfig) -> WebUnit:
+        return WebUnit(self._serve_web, site.web)
+
+    async def _serve_web(self) -> web.AppRunner:
+        from edgeagent.web.app import make_app, status_builder
+        from edgeagent.web.server import serve_status_page
+
+        cfg = self.site.web
+        store = self.store
+        assert store is not None
+        app = make_app(status_builder(self.live, store, self.config), allowed_hosts=cfg.allowed_hosts)
         runner = await serve_status_page(app, cfg, shutdown_timeout_s=WEB_SHUTDOWN_S)
         host, port = runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
         self.web_url = f"http://{shown}:{port}/"
         return runner
 
-    def _make_pollers(self, store: Store) -> list[Runner]:
-        def on_readings(readings: list[Reading]) -> None:
-            for r in readings:
-                store.append(r)
+    # -- reload --------------------------------------------------------------------------
 
-        runners = build_runners(
-            self.site,
-            profiles_for(self.site),
-            self.live,
-            on_readings,
-            beat_for=lambda bus: self.heartbeats.register(f"bus:{bus}", CRITICAL_ALLOWANCE_S),
-            on_alarm=lambda kind, message: self._raise_alarm(store, kind, message),
-            ble_backend=self.ble_backend,
-        )
-        self.runners = {device_id: r for r in runners for device_id in r.device_ids}
-        return runners
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file and apply what changed."""
+        self.reload_requested.set()
+
+    async def reload(self) -> bool:
+        """Validate the config file as check-config does and apply it; True if all must restart."""
+        started = time.monotonic()
+        try:
+            return await self._reload(started)
+        finally:
+            self.reloaded.set()
+
+    async def _reload(self, started: float) -> bool:
+        from edgeagent.cli import load_for_run
+
+        if self.config_path is None:
+            log.warning("reload requested, but the agent was not started from a config file")
+            return False
+        self.notifier.reloading()
+        try:
+            data = self.config_path.read_bytes()
+            digest = config_hash(data)
+            site = load_for_run(str(self.config_path))
+        except (ConfigError, OSError) as exc:
+            problems = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [str(exc)]
+            for problem in problems:
+                log.error("reload: config: %s", problem)
+            digest = locals().get("digest", "unreadable")
+            self.config.rejected(digest, "; ".join(problems))
+            log.error("reload rejected (config %s): the running config stays", digest)
+            self._gateway_reading("config_rejected", digest, "; ".join(problems), Priority.EVENT)
+            self.notifier.ready(f"config {digest} rejected")
+            return False
+        plan = plan_reload(self.site, site)
+        if plan.restart_all:
+            self.site = site
+            self.config.applied(digest, "gateway settings changed: everything restarted")
+            self._gateway_reading("config_applied", digest, self.config.detail, Priority.EVENT)
+            return True
+        await self._apply(plan, site)
+        self.config.applied(digest, plan.describe())
+        log.info("reload applied (config %s) in %.0f ms: %s", digest, (time.monotonic() - started) * 1000, plan)
+        self._gateway_reading("config_applied", digest, plan.describe(), Priority.EVENT)
+        self.notifier.ready(await self._summary(self.store) if self.store else "reloaded")
+        return False
+
+    async def _apply(self, plan: Plan, site: SiteConfig) -> None:
+        """Stop what went or changed, swap devices in place where a bus stays, start what came."""
+        store = self.store
+        assert store is not None
+        old = self.site
+        for name in plan.buses_stop:
+            await self._stop_unit(f"bus:{name}")
+        for name in plan.uplinks_stop:
+            await self._stop_unit(f"uplink:{name}")
+        if plan.web_restart:
+            await self._stop_unit("web")
+        self.site = site
+        profiles = profiles_for(site)
+        # The live picture: devices and buses that went, came or changed.
+        for dev_id in plan.devices_gone:
+            self.live.devices.pop(dev_id, None)
+            self._availability.pop(dev_id, None)
+        for name in plan.buses_gone:
+            self.live.buses.pop(name, None)
+        for dev in site.devices:
+            if dev.id in plan.devices_new:
+                self.live.devices[dev.id] = device_live_of(dev, profiles[dev.profile])
+        for bus in site.buses:
+            if bus.name not in self.live.buses or bus.name in plan.buses_start:
+                self.live.buses[bus.name] = bus_live_of(bus)
+        if plan.store_changed:
+            await store.reconfigure(
+                budgets=store_budgets(site),
+                commit_interval_ms=site.store.commit_interval_ms,
+                commit_max_readings=site.store.commit_max_readings,
+                max_pending_readings=site.store.max_pending_readings,
+            )
+        filters = destination_filters(site)
+        if filters != destination_filters(old):
+            await store.set_destinations(filters)
+        for name in plan.swap:
+            self._swap_devices(site, name, plan)
+        for name in plan.buses_start:
+            unit = self._bus_unit(site, name)
+            if unit is not None:
+                await self._start_unit(unit)
+        for up in site.uplinks:
+            if up.name in plan.uplinks_start:
+                await self._start_unit(self._uplink_unit(up, filters[up.name]))
+        if plan.web_restart and site.web.enabled:
+            await self._start_unit(self._web_unit(site))
+
+    def _swap_devices(self, site: SiteConfig, bus_name: str, plan: Plan) -> None:
+        """A polled bus keeps running; its device list changes under it."""
+        from edgeagent.devices.build import polled_devices
+        from edgeagent.devices.scheduler import BusPoller
+
+        unit = self.units[f"bus:{bus_name}"]
+        assert isinstance(unit, BusUnit) and isinstance(unit.runner, BusPoller)
+        bus = next(b for b in site.buses if b.name == bus_name)
+        configs = [d for d in site.devices if d.bus == bus_name]
+        unit.runner.update_devices(polled_devices(bus, configs, profiles_for(site)), keep=plan.devices_kept)
+        unit.slice = bus_slice(site, bus_name)
+        for dev_id in [d for d, r in self.runners.items() if r is unit.runner]:
+            del self.runners[dev_id]
+        for dev in configs:
+            self.runners[dev.id] = unit.runner
+
+    # -- writes, status, watchdog --------------------------------------------------------
 
     async def write_point(self, device_id: str, point: str, value: float | str) -> str:
         """Write one point of a device through its bus's scheduler (for rules); return what was written."""
+        from edgeagent.devices.scheduler import BusPoller
+
         runner = self.runners.get(device_id)
         if not isinstance(runner, BusPoller):
             raise InvalidWrite(f"no writable device {device_id!r} is running")
@@ -243,6 +472,22 @@ class Agent:
             await asyncio.sleep(interval_s)
 
 
+def _store_listener(store: Store) -> Any:
+    def append(batches: Sequence[ReadingsBatch]) -> None:
+        for batch in batches:
+            for r in batch.readings:
+                store.append(r)
+
+    return append
+
+
+def bus_slice(site: SiteConfig, bus_name: str) -> tuple[object, ...]:
+    """What a bus's unit is built from: the bus, and each of its devices with its profile."""
+    bus = next(b for b in site.buses if b.name == bus_name)
+    profiles = profiles_for(site)
+    return (bus, tuple((d, profiles[d.profile]) for d in site.devices if d.bus == bus_name))
+
+
 def destination_filters(site: SiteConfig) -> dict[str, DestinationFilter]:
     """Each uplink's share: its priority classes, and the devices carrying one of its tags."""
     filters = {}
@@ -264,28 +509,12 @@ def store_budgets(site: SiteConfig) -> dict[Priority, Budget]:
     }
 
 
-async def _cancel_all(tasks: list[asyncio.Task[Any]], deadline_s: float = CANCEL_DEADLINE_S) -> None:
-    """Cancel tasks and wait until they have stopped, cancelling again as needed.
-
-    Once is not always enough: on Python 3.11 ``asyncio.wait_for`` (which libraries use
-    inside, pymodbus among them) swallows a cancellation that arrives as its result
-    does, and the task runs on. Asking again until the task ends, within a deadline,
-    keeps shutdown bounded. A task that had failed on its own is logged, not hidden.
-    """
-    pending = {t for t in tasks if not t.done()}
-    deadline = time.monotonic() + deadline_s
-    while pending and time.monotonic() < deadline:
-        for t in pending:
-            t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_S)
-    if pending:
-        log.error("tasks did not stop within %.0f s: %s", deadline_s, ", ".join(sorted(t.get_name() for t in pending)))
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            log.error("task %s failed: %r", t.get_name(), t.exception())
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
+def install_signal_handlers(stop: asyncio.Event, agent: Agent | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if agent is not None:
+        loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    else:
+        # Nothing to reload (the demo): a SIGHUP must not kill the process either.
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP ignored: nothing to reload"))

@@ -27,10 +27,10 @@ EXIT_CONFIG = 2
 log = logging.getLogger("edgeagent")
 
 
-def _load_for_run(path: str) -> SiteConfig:
+def load_for_run(path: str) -> SiteConfig:
     """A config as ``run`` takes it: valid, and every file, folder and port it names usable.
 
-    ``check-config`` calls this too, so the two cannot disagree about a config.
+    ``check-config`` and a reload (SIGHUP) call this too, so they cannot disagree about a config.
     """
     from edgeagent.config import load_config
     from edgeagent.preflight import check_site
@@ -42,7 +42,7 @@ def _load_for_run(path: str) -> SiteConfig:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        _load_for_run(args.file)
+        load_for_run(args.file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -57,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     try:
-        site = _load_for_run(args.config)
+        site = load_for_run(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config: %s", problem)
@@ -65,8 +65,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        install_signal_handlers(stop)
-        await Agent(site).run(stop)
+        agent = Agent(site, config_path=Path(args.config))
+        install_signal_handlers(stop, agent)
+        await agent.run(stop)
 
     try:
         asyncio.run(main())

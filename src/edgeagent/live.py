@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgeagent.model import Quality
@@ -64,12 +65,17 @@ class BusLive:
     state_since: float = field(default_factory=time.time)
     transactions: int = 0
     restarts: int = 0  # BLE: scanner restarts by the watchdog; Modbus TCP: reopens of a silent connection
+    # Told (bus, state, detail) on each change of state: the agent points it at its hub.
+    listener: Callable[[str, str, str], None] | None = None
 
     def set_state(self, state: str, detail: str = "") -> None:
         """Record the bus's state; ``state_since`` moves only when the state changes."""
-        if state != self.state:
+        changed = state != self.state
+        if changed:
             self.state_since = time.time()
         self.state, self.detail = state, detail
+        if changed and self.listener is not None:
+            self.listener(self.name, state, detail)
 
 
 @dataclass(slots=True)
@@ -89,6 +95,76 @@ class UplinkLive:
 
 
 @dataclass(slots=True)
+class Alarm:
+    """One alarm of one source: raised, perhaps cleared, and how often it was raised."""
+
+    source: str
+    kind: str
+    message: str
+    active: bool
+    raised_ts: float
+    cleared_ts: float | None = None
+    times: int = 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "message": self.message,
+            "active": self.active,
+            "ts": self.raised_ts,
+            "cleared_ts": self.cleared_ts,
+            "times": self.times,
+        }
+
+
+class AlarmBook:
+    """The alarms the page shows: one entry per (source, kind), bounded.
+
+    Raising an alarm that is already listed updates it (a repeat is counted, not added);
+    past ``limit`` entries the oldest cleared one goes first, then the oldest of all, so
+    the book cannot grow with uptime however many kinds of trouble come and go.
+    """
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self._entries: dict[tuple[str, str], Alarm] = {}
+
+    def raise_(self, source: str, kind: str, message: str, ts: float | None = None) -> Alarm:
+        now = time.time() if ts is None else ts
+        alarm = self._entries.pop((source, kind), None)
+        if alarm is None:
+            alarm = Alarm(source, kind, message, True, now)
+        else:
+            alarm.times += 1
+            alarm.message, alarm.active, alarm.raised_ts, alarm.cleared_ts = message, True, now, None
+        self._entries[(source, kind)] = alarm
+        while len(self._entries) > self.limit:
+            cleared = next((k for k, a in self._entries.items() if not a.active), None)
+            del self._entries[cleared if cleared is not None else next(iter(self._entries))]
+        return alarm
+
+    def clear(self, source: str, kind: str, ts: float | None = None) -> Alarm | None:
+        alarm = self._entries.get((source, kind))
+        if alarm is not None and alarm.active:
+            alarm.active, alarm.cleared_ts = False, time.time() if ts is None else ts
+        return alarm
+
+    def active(self) -> list[Alarm]:
+        return [a for a in self._entries.values() if a.active]
+
+    def as_list(self) -> list[dict[str, object]]:
+        """Oldest raised first."""
+        return [a.as_dict() for a in self._entries.values()]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        return self.as_list()[i]
+
+
+@dataclass(slots=True)
 class Live:
     """The whole agent's current picture."""
 
@@ -97,7 +173,7 @@ class Live:
     devices: dict[str, DeviceLive] = field(default_factory=dict)
     uplinks: dict[str, UplinkLive] = field(default_factory=dict)
     buses: dict[str, BusLive] = field(default_factory=dict)
-    alarms: list[dict[str, object]] = field(default_factory=list)
+    alarms: AlarmBook = field(default_factory=AlarmBook)
 
     @property
     def uptime_s(self) -> float:

@@ -37,6 +37,8 @@ class Reading:
     # True when ``ts`` counts seconds since this boot, not since the epoch: the wall
     # clock was not set when the reading was taken (see edgeagent.clock).
     boot_relative: bool = False
+    # Why, for a text value that is a state or an alarm ("no answer from unit 3").
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +55,4 @@ class StoredReading:
     priority: Priority
     # The boot id when ``ts`` is seconds since that boot (the wall clock was not set).
     boot: str | None = None
+    reason: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
+
+    def reloading(self) -> None:
+        """A reload is being applied (systemd shows "reloading" until the next READY=1)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the config")
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")

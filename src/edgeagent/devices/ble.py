@@ -25,7 +25,7 @@ from bleak.backends.scanner import BaseBleakScanner
 
 from edgeagent.backoff import Backoff
 from edgeagent.config import BleBus, DeviceConfig
-from edgeagent.devices.health import Health
+from edgeagent.devices.health import Health, StateSink
 from edgeagent.errors import ConfigError, DecodeError, DeviceUnreachable
 from edgeagent.live import BusLive, DeviceLive
 from edgeagent.model import Quality, Reading
@@ -160,11 +160,14 @@ class BleListener:
         bus_live: BusLive | None = None,
         on_alarm: Callable[[str, str], None] | None = None,
         backend: type[BaseBleakScanner] | None = None,
+        on_state: StateSink | None = None,
     ) -> None:
         self.name = bus.name
         self.bus = bus
         self.devices = {d.mac: d for d in devices}
-        self.health = {d.mac: Health(live[d.id], offline_after=d.cfg.offline_after_failures) for d in devices}
+        self.health = {
+            d.mac: Health(live[d.id], offline_after=d.cfg.offline_after_failures, on_state=on_state) for d in devices
+        }
         self.on_readings = on_readings
         self.bus_live = bus_live
         self.on_alarm = on_alarm

@@ -21,6 +21,7 @@ from edgeagent.config import (
     SiteConfig,
     serial_settings,
 )
+from edgeagent.devices.health import StateSink
 from edgeagent.devices.modbus import ModbusDevice
 from edgeagent.devices.pwd import PwdDevice
 from edgeagent.devices.radar import RadarDevice, RadarReader
@@ -73,25 +74,51 @@ def device_address(dev: DeviceConfig, profile: Profile) -> str:
     return "data port"
 
 
+def device_live_of(dev: DeviceConfig, profile: Profile) -> DeviceLive:
+    """A device's entry in the live picture, with its asset facts."""
+    asset: dict[str, object] = dev.asset.model_dump(exclude_none=True)
+    asset.setdefault("model", f"{profile.manufacturer} {profile.model}")
+    asset.setdefault("category", profile.asset.category)
+    if profile.asset.spec:
+        asset.setdefault("spec", profile.asset.spec)
+    return DeviceLive(
+        id=dev.id,
+        profile=dev.profile,
+        bus=dev.bus,
+        asset=asset,
+        protocol=profile.protocol,
+        address=device_address(dev, profile),
+    )
+
+
+def bus_live_of(bus: BusConfig) -> BusLive:
+    return BusLive(name=bus.name, kind=bus.kind, target=bus_target(bus))
+
+
 def build_live(site: SiteConfig, profiles: dict[str, Profile], live: Live) -> None:
-    """Enter every device and bus in the live picture, with its asset facts."""
+    """Enter every device and bus in the live picture."""
     for dev in site.devices:
-        profile = profiles[dev.profile]
-        asset: dict[str, object] = dev.asset.model_dump(exclude_none=True)
-        asset.setdefault("model", f"{profile.manufacturer} {profile.model}")
-        asset.setdefault("category", profile.asset.category)
-        if profile.asset.spec:
-            asset.setdefault("spec", profile.asset.spec)
-        live.devices[dev.id] = DeviceLive(
-            id=dev.id,
-            profile=dev.profile,
-            bus=dev.bus,
-            asset=asset,
-            protocol=profile.protocol,
-            address=device_address(dev, profile),
-        )
+        live.devices[dev.id] = device_live_of(dev, profiles[dev.profile])
     for bus in site.buses:
-        live.buses[bus.name] = BusLive(name=bus.name, kind=bus.kind, target=bus_target(bus))
+        live.buses[bus.name] = bus_live_of(bus)
+
+
+def polled_devices(bus: BusConfig, configs: Sequence[DeviceConfig], profiles: dict[str, Profile]) -> list[PolledDevice]:
+    """The devices of a polled bus (Modbus, or a PWD line), as its scheduler takes them."""
+    if isinstance(bus, ModbusTcpBus | ModbusRtuBus):
+        bus_timeout_s = bus.timeout_ms / 1000
+        out: list[PolledDevice] = []
+        for cfg in configs:
+            profile = profiles[cfg.profile]
+            assert isinstance(profile, ModbusProfile)  # the config's cross-check guarantees it
+            out.append(ModbusDevice(cfg, profile, bus_timeout_s=bus_timeout_s))
+        return out
+    pwd: list[PolledDevice] = []
+    for cfg in configs:
+        profile = profiles[cfg.profile]
+        assert isinstance(profile, PwdProfile)
+        pwd.append(PwdDevice(cfg, profile))
+    return pwd
 
 
 def build_runners(
@@ -104,6 +131,7 @@ def build_runners(
     on_alarm: Callable[[str, str], None] | None = None,
     ble_backend: type[BaseBleakScanner] | None = None,
     only: Collection[str] | None = None,
+    on_state: StateSink | None = None,
 ) -> list[Runner]:
     """One runner per bus that has devices (only those in ``only``, when given)."""
     runners: list[Runner] = []
@@ -111,36 +139,61 @@ def build_runners(
         configs = [d for d in site.devices if d.bus == bus.name and (only is None or d.id in only)]
         if not configs:
             continue
-        beat = beat_for(bus.name) if beat_for is not None else None
-        bus_live = live.buses.get(bus.name)
-        if isinstance(bus, ModbusTcpBus | ModbusRtuBus):
-            runners.append(_modbus_poller(bus, configs, profiles, live, on_readings, beat, bus_live))
-        elif isinstance(bus, SerialBus):
-            runners.append(_serial_runner(bus, configs, profiles, live, on_readings, beat, bus_live))
-        else:
-            # Imported only for a site with BLE: bleak and the AES code cost memory.
-            from edgeagent.devices.ble import BleDevice, BleListener, BthomeDevice, RuuviDevice
-
-            devices: list[BleDevice] = []
-            for cfg in configs:
-                profile = profiles[cfg.profile]
-                if isinstance(profile, BthomeProfile):
-                    devices.append(BthomeDevice(cfg, profile))
-                elif isinstance(profile, RuuviProfile):
-                    devices.append(RuuviDevice(cfg, profile))
-            runners.append(
-                BleListener(
-                    bus,
-                    devices,
-                    live.devices,
-                    on_readings,
-                    beat=beat,
-                    bus_live=bus_live,
-                    on_alarm=on_alarm,
-                    backend=ble_backend,
-                )
+        runners.append(
+            build_runner(
+                bus,
+                configs,
+                profiles,
+                live,
+                on_readings,
+                beat=beat_for(bus.name) if beat_for is not None else None,
+                on_alarm=on_alarm,
+                ble_backend=ble_backend,
+                on_state=on_state,
             )
+        )
     return runners
+
+
+def build_runner(
+    bus: BusConfig,
+    configs: Sequence[DeviceConfig],
+    profiles: dict[str, Profile],
+    live: Live,
+    on_readings: Callable[[list[Reading]], None],
+    *,
+    beat: Callable[[], None] | None = None,
+    on_alarm: Callable[[str, str], None] | None = None,
+    ble_backend: type[BaseBleakScanner] | None = None,
+    on_state: StateSink | None = None,
+) -> Runner:
+    """The runner of one bus with these devices on it."""
+    bus_live = live.buses.get(bus.name)
+    if isinstance(bus, ModbusTcpBus | ModbusRtuBus):
+        return _modbus_poller(bus, configs, profiles, live, on_readings, beat, bus_live, on_state)
+    if isinstance(bus, SerialBus):
+        return _serial_runner(bus, configs, profiles, live, on_readings, beat, bus_live, on_state)
+    # Imported only for a site with BLE: bleak and the AES code cost memory.
+    from edgeagent.devices.ble import BleDevice, BleListener, BthomeDevice, RuuviDevice
+
+    devices: list[BleDevice] = []
+    for cfg in configs:
+        profile = profiles[cfg.profile]
+        if isinstance(profile, BthomeProfile):
+            devices.append(BthomeDevice(cfg, profile))
+        elif isinstance(profile, RuuviProfile):
+            devices.append(RuuviDevice(cfg, profile))
+    return BleListener(
+        bus,
+        devices,
+        live.devices,
+        on_readings,
+        beat=beat,
+        bus_live=bus_live,
+        on_alarm=on_alarm,
+        backend=ble_backend,
+        on_state=on_state,
+    )
 
 
 def _modbus_poller(
@@ -151,13 +204,10 @@ def _modbus_poller(
     on_readings: Callable[[list[Reading]], None],
     beat: Callable[[], None] | None,
     bus_live: BusLive | None,
+    on_state: StateSink | None = None,
 ) -> BusPoller:
     bus_timeout_s = bus.timeout_ms / 1000
-    devices = []
-    for cfg in configs:
-        profile = profiles[cfg.profile]
-        assert isinstance(profile, ModbusProfile)  # the config's cross-check guarantees it
-        devices.append(ModbusDevice(cfg, profile, bus_timeout_s=bus_timeout_s))
+    devices = polled_devices(bus, configs, profiles)
     # The client's own timeout is the slowest device's; each request is held to its device's.
     client_timeout_s = max([bus_timeout_s, *(d.timeout_s for d in devices)])
     reconnect = {"reconnect_min_s": bus.reconnect_min_ms / 1000, "reconnect_max_s": bus.reconnect_max_ms / 1000}
@@ -187,6 +237,7 @@ def _modbus_poller(
         bus_live=bus_live,
         close_after_poll=isinstance(bus, ModbusTcpBus) and bus.close_after_poll,
         reopen_after_timeouts=bus.reopen_after_timeouts if isinstance(bus, ModbusTcpBus) else None,
+        on_state=on_state,
     )
 
 
@@ -198,6 +249,7 @@ def _serial_runner(
     on_readings: Callable[[list[Reading]], None],
     beat: Callable[[], None] | None,
     bus_live: BusLive | None,
+    on_state: StateSink | None = None,
 ) -> BusPoller | RadarReader:
     first = profiles[configs[0].profile]
     assert isinstance(first, PwdProfile | RadarProfile)  # the config's cross-check guarantees it
@@ -222,12 +274,9 @@ def _serial_runner(
             beat=beat,
             bus_live=bus_live,
             reopen_s=min(1.0, bus.reconnect_min_ms / 1000),
+            on_state=on_state,
         )
-    devices: list[PolledDevice] = []
-    for cfg in configs:
-        profile = profiles[cfg.profile]
-        assert isinstance(profile, PwdProfile)
-        devices.append(PwdDevice(cfg, profile))
+    devices = polled_devices(bus, configs, profiles)
     return BusPoller(
         bus.name,
         line,
@@ -237,4 +286,5 @@ def _serial_runner(
         beat=beat,
         bus_live=bus_live,
         inter_poll_s=bus.inter_frame_ms / 1000,
+        on_state=on_state,
     )

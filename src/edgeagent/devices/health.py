@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from edgeagent.live import DeviceLive, DeviceState, PointValue
 from edgeagent.model import Quality, Reading
@@ -19,13 +19,18 @@ from edgeagent.model import Quality, Reading
 log = logging.getLogger("edgeagent.devices")
 
 
-class Health:
-    """Keeps ``live`` (the device's entry on the status page) and the log in step."""
+# (device id, new state, previous state, reason): told once per change, never per failed poll.
+StateSink = Callable[[str, str, str, str], None]
 
-    def __init__(self, live: DeviceLive, *, offline_after: int) -> None:
+
+class Health:
+    """Keeps ``live`` (the device's entry on the status page), the log and ``on_state`` in step."""
+
+    def __init__(self, live: DeviceLive, *, offline_after: int, on_state: StateSink | None = None) -> None:
         self.live = live
         self.offline_after = offline_after
         self.failures = 0
+        self.on_state = on_state
 
     @property
     def offline(self) -> bool:
@@ -36,9 +41,12 @@ class Health:
         live = self.live
         now = time.time()
         if live.state != DeviceState.ONLINE:
-            if live.state in (DeviceState.OFFLINE, DeviceState.DEGRADED):
-                log.info("device %s is back online (was %s: %s)", live.id, live.state.value, live.reason)
+            previous = live.state
+            if previous in (DeviceState.OFFLINE, DeviceState.DEGRADED):
+                log.info("device %s is back online (was %s: %s)", live.id, previous.value, live.reason)
             live.state, live.reason, live.state_since = DeviceState.ONLINE, "", now
+            if self.on_state is not None:
+                self.on_state(live.id, DeviceState.ONLINE.value, previous.value, "")
         live.last_ok_ts = now
         live.polls_ok += 1
         self.failures = 0
@@ -66,7 +74,8 @@ class Health:
 
     def _set(self, state: DeviceState, reason: str) -> None:
         live = self.live
-        if state != live.state:
+        previous = live.state
+        if state != previous:
             level = logging.WARNING if state == DeviceState.OFFLINE else logging.INFO
             log.log(level, "device %s is %s: %s", live.id, state.value, reason)
             live.state_since = time.time()
@@ -75,3 +84,5 @@ class Health:
                 if pv.quality == Quality.GOOD:
                     pv.quality = Quality.UNCERTAIN
         live.state, live.reason = state, reason
+        if state != previous and self.on_state is not None:
+            self.on_state(live.id, state.value, previous.value, reason)

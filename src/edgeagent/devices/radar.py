@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from edgeagent.config import DeviceConfig
-from edgeagent.devices.health import Health
+from edgeagent.devices.health import Health, StateSink
 from edgeagent.errors import DeviceTimeout, DeviceUnreachable
 from edgeagent.live import BusLive, DeviceLive
 from edgeagent.model import Quality, Reading
@@ -93,11 +93,12 @@ class RadarReader:
         beat: Callable[[], None] | None = None,
         bus_live: BusLive | None = None,
         reopen_s: float = 1.0,
+        on_state: StateSink | None = None,
     ) -> None:
         self.name = name
         self.line = line
         self.device = device
-        self.health = Health(live, offline_after=device.cfg.offline_after_failures)
+        self.health = Health(live, offline_after=device.cfg.offline_after_failures, on_state=on_state)
         self.on_readings = on_readings
         self.bus_live = bus_live
         self.reopen_s = reopen_s

@@ -21,13 +21,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from edgeagent.backoff import Backoff
 from edgeagent.config import DeviceConfig
-from edgeagent.devices.health import Health
+from edgeagent.devices.health import Health, StateSink
 from edgeagent.devices.modbus import ModbusDevice
 from edgeagent.devices.silence import SilenceWatch, Verdict
 from edgeagent.errors import (
@@ -113,6 +113,7 @@ class BusPoller:
         close_after_poll: bool = False,
         inter_poll_s: float = 0.0,
         reopen_after_timeouts: int | None = None,
+        on_state: StateSink | None = None,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -124,9 +125,11 @@ class BusPoller:
         self._beat = beat or (lambda: None)
         now = time.monotonic()
         self._schedules = [
-            _Schedule(d, Health(live[d.id], offline_after=d.cfg.offline_after_failures), now) for d in devices
+            _Schedule(d, Health(live[d.id], offline_after=d.cfg.offline_after_failures, on_state=on_state), now)
+            for d in devices
         ]
         self._by_id = {s.device.id: s for s in self._schedules}
+        self._on_state = on_state
         self._writes: deque[_WriteJob] = deque()
         self._wake = asyncio.Event()
         self._running = False
@@ -140,6 +143,31 @@ class BusPoller:
     @property
     def device_ids(self) -> list[str]:
         return list(self._by_id)
+
+    def update_devices(self, devices: Sequence[PolledDevice], keep: Collection[str]) -> None:
+        """Take a new device list while polling on (a reload): no device in ``keep`` misses a beat.
+
+        A kept device keeps its schedule, health and backoff as they are; a new or changed
+        one starts with a poll now; one no longer listed stops (its queued writes fail).
+        """
+        now = time.monotonic()
+        schedules: dict[str, _Schedule] = {}
+        for d in devices:
+            old = self._by_id.get(d.id)
+            if old is not None and d.id in keep:
+                schedules[d.id] = old
+            else:
+                health = Health(self.live[d.id], offline_after=d.cfg.offline_after_failures, on_state=self._on_state)
+                schedules[d.id] = _Schedule(d, health, now)
+        for job in [j for j in self._writes if j.device.id not in schedules]:
+            self._writes.remove(job)
+            if not job.done.done():
+                job.done.set_exception(DeviceUnreachable(f"{job.device.id} was removed from bus {self.name}"))
+        self._by_id = schedules
+        self._schedules = list(schedules.values())
+        if self._silence is not None:
+            self._silence = SilenceWatch(self._silence.limit, list(schedules))
+        self._wake.set()
 
     def device(self, device_id: str) -> PolledDevice:
         return self._by_id[device_id].device

@@ -10,8 +10,10 @@ reset connection.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import gzip
 import hmac
+import json
 import time
 import zlib
 from collections import deque
@@ -30,6 +32,9 @@ class Fault:
     kind: str  # "status", "hang", "reset"
     status: int = 503
     retry_after: str | None = None
+    # Retry-After as an HTTP date this many seconds after the answer's own Date header
+    # (both written when answering), as a receiver behind a load balancer sends it.
+    retry_after_date_in_s: float | None = None
     body: str = "fault injected"
 
 
@@ -48,6 +53,8 @@ class IngestServer:
         self.port = port
         self.token = token
         self.records: dict[tuple[str, str, int], dict[str, Any]] = {}
+        # Every accepted pack as sent (records unresolved: bt, t, tq as on the wire), in arrival order.
+        self.packs: list[list[dict[str, Any]]] = []
         self.arrival_order: list[int] = []
         self.stats = IngestStats()
         self.faults: deque[Fault] = deque()
@@ -68,11 +75,14 @@ class IngestServer:
         )
 
     def device_records(self, prefix: str = "") -> list[dict[str, Any]]:
-        """Records of field devices (not the gateway's own), in (buffer, seq) order."""
+        """Measurements of field devices, in (buffer, seq) order: not the gateway's own
+        readings, nor a device's state events."""
         return [
             rec
             for _, rec in sorted(self.records.items())
-            if rec["n"].split("/", 2)[1] != "gateway" and rec["n"].split("/", 1)[1].startswith(prefix)
+            if rec["n"].split("/", 2)[1] != "gateway"
+            and not rec["n"].endswith("/state")
+            and rec["n"].split("/", 1)[1].startswith(prefix)
         ]
 
     def gaps_after_status(self, status: int) -> list[float]:
@@ -94,7 +104,11 @@ class IngestServer:
                 if request.transport is not None:
                     request.transport.abort()
                 raise web.HTTPServiceUnavailable()
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            if fault.retry_after_date_in_s is not None:
+                answered = time.time()
+                headers["Date"] = email.utils.formatdate(answered, usegmt=True)
+                headers["Retry-After"] = email.utils.formatdate(answered + fault.retry_after_date_in_s, usegmt=True)
             return web.Response(status=fault.status, text=fault.body, headers=headers)
         if self.token is not None:
             given = request.headers.get("Authorization", "")
@@ -106,6 +120,7 @@ class IngestServer:
             # aiohttp inflates a gzip'd request body itself; inflate only what is still gzip.
             body = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
             records = decode(body)
+            pack = json.loads(body)
         except (OSError, EOFError, zlib.error, ValueError) as exc:
             return web.Response(status=400, text=f"cannot decode batch: {exc}")
         for rec in records:
@@ -119,6 +134,7 @@ class IngestServer:
             self.records[key] = rec
             self.arrival_order.append(seq)
             self.stats.readings_received += 1
+        self.packs.append(pack)
         self.stats.batches_accepted += 1
         self.request_log.append((now, 200))
         self.stats.arrival_times.append(time.monotonic())

@@ -256,6 +256,33 @@ class Store:
         self._listeners.append(event)
         return event
 
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        if event in self._listeners:
+            self._listeners.remove(event)
+
+    async def reconfigure(
+        self,
+        *,
+        budgets: Mapping[Priority, Budget],
+        commit_interval_ms: int,
+        commit_max_readings: int,
+        max_pending_readings: int,
+    ) -> None:
+        """New store settings while running (a reload): the next commit uses them."""
+        self.commit_interval_s = commit_interval_ms / 1000
+        self.commit_max_readings = commit_max_readings
+        self.max_pending_readings = max_pending_readings
+        self.budgets = budgets
+        await self._run(self._core.set_budgets, dict(budgets))
+        self._wake.set()
+
+    async def set_destinations(self, filters: Mapping[str, DestinationFilter]) -> None:
+        """New destinations or filters while running: each keeps its cursors where they were."""
+        self.filters = dict(filters)
+        self.destinations = list(filters)
+        for core in [self._core, *self._salvage]:
+            await self._run(core.set_filters, dict(filters))
+
     async def _commit_loop(self) -> None:
         while not self._closing:
             if self._hang:

@@ -22,12 +22,15 @@ PAGE_FACTOR = 1.08
 DEFAULT_ROW_BYTES = 30.0
 
 
-def encode_value(value: float | str | None) -> tuple[int | float | str | None, int]:
-    """(stored value, flag bits): the smallest exact decimal integer form, else the float or text."""
+def encode_value(value: float | str | None, reason: str | None = None) -> tuple[int | float | str | None, int]:
+    """(stored value, flag bits): the smallest exact decimal integer form, else the float or text.
+
+    A text value keeps its reason after a newline (a state or an alarm name has none).
+    """
     if value is None:
         return None, 0
     if isinstance(value, str):
-        return value, TEXT_FLAG
+        return (f"{value}\n{reason}" if reason else value), TEXT_FLAG
     for decimals in range(MAX_DECIMALS + 1):
         scaled = value * 10**decimals
         mantissa = round(scaled)
@@ -38,11 +41,17 @@ def encode_value(value: float | str | None) -> tuple[int | float | str | None, i
     return float(value), 0
 
 
+def decode_text(stored: str) -> tuple[str, str | None]:
+    """(value, reason) of a stored text value."""
+    value, _, reason = stored.partition("\n")
+    return value, reason or None
+
+
 def decode_value(stored: int | float | str | None, flags: int) -> float | str | None:
     if stored is None:
         return None
     if flags & TEXT_FLAG:
-        return str(stored)
+        return decode_text(str(stored))[0]
     decimals = (flags >> DECIMAL_SHIFT) & DECIMAL_MASK
     return stored / 10**decimals if decimals else float(stored)
 

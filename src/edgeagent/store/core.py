@@ -21,6 +21,8 @@ from edgeagent.store.codec import (
     DEFAULT_ROW_BYTES,
     PAGE_FACTOR,
     QUALITY_MASK,
+    TEXT_FLAG,
+    decode_text,
     decode_value,
     encode_value,
     row_bytes,
@@ -161,11 +163,26 @@ class _Core:
             if key.startswith("dropped:"):
                 _, cls, reason = key.split(":", 2)
                 self.dropped.setdefault(cls, {})[reason] = value
+        self._load_cursors()
+
+    def set_budgets(self, budgets: Mapping[Priority, Budget]) -> None:
+        self.budgets = dict(budgets)
+
+    def set_filters(self, filters: Mapping[str, DestinationFilter]) -> None:
+        """Take a new set of destinations; a known one keeps its cursors, a new one starts from the buffer."""
+        self.filters = dict(filters)
+        self.destinations = list(filters)
+        self.cursors = {k: v for k, v in self.cursors.items() if k[0] in self.filters}
+        self.unsent = {}
+        self._load_cursors()
+
+    def _load_cursors(self) -> None:
+        conn = self._conn()
         stored = {(d, Priority(p)): s for d, p, s in conn.execute("SELECT destination, priority, seq FROM cursors")}
         for dest, filt in self.filters.items():
             for prio, table in TABLES.items():
                 # A new destination starts from what is still buffered.
-                cursor = stored.get((dest, prio), 0)
+                cursor = self.cursors.get((dest, prio), stored.get((dest, prio), 0))
                 self.cursors[(dest, prio)] = cursor
                 self.unsent[(dest, prio)] = (
                     conn.execute(f"SELECT count(*) FROM {table} WHERE seq > ?", (cursor,)).fetchone()[0]
@@ -232,7 +249,7 @@ class _Core:
                 sid = new_series[key] = next_sid
                 next_sid += 1
             seq += 1
-            stored, flags = encode_value(r.value)
+            stored, flags = encode_value(r.value, r.reason)
             flags |= r.quality
             if r.boot_relative:
                 flags |= BOOT_TIME_FLAG
@@ -413,6 +430,9 @@ class _Core:
         device, point, unit = self.series_by_id[sid]
         quality = Quality(flags & QUALITY_MASK)
         boot = self._boot_of(seq) if flags & BOOT_TIME_FLAG else None
+        if flags & TEXT_FLAG:
+            text, reason = decode_text(str(stored))
+            return StoredReading(seq, device, point, ts_ms / 1000, text, unit, quality, prio, boot, reason)
         return StoredReading(seq, device, point, ts_ms / 1000, decode_value(stored, flags), unit, quality, prio, boot)
 
     def _boot_of(self, seq: int) -> str:

@@ -189,7 +189,8 @@ def _all(conn: sqlite3.Connection, sql: str) -> list[tuple[object, ...]]:
 def _salvage(conn: sqlite3.Connection, store_path: Path, damage: Damage) -> None:
     old_id = _one(conn, "SELECT value FROM info WHERE key = 'buffer_id'")
     damage.old_buffer_id = old_id if isinstance(old_id, str) else None
-    highest = int(_one(conn, "SELECT value FROM meta WHERE key = 'last_seq'", 0))  # type: ignore[call-overload]
+    counter = _one(conn, "SELECT value FROM meta WHERE key = 'last_seq'")
+    highest = int(counter) if isinstance(counter, int) else 0
     lowest_present: int | None = None
     for table in TABLES.values():
         highest = max(highest, int(_one(conn, f"SELECT max(seq) FROM {table}", 0)))  # type: ignore[call-overload]
@@ -211,7 +212,8 @@ def _salvage(conn: sqlite3.Connection, store_path: Path, damage: Damage) -> None
     highest = max([highest, *(r[-1][0] for r in rows.values() if r)])
     damage.highest_seq = max(damage.highest_seq, highest)
     damage.salvaged = saved
-    damage.lost_at_most = max(0, highest - floor - saved)
+    # Without the counter or any row, how much there was is not known.
+    damage.lost_at_most = max(0, highest - floor - saved) if isinstance(counter, int) or saved else None
     if not saved:
         return
     boots = _all(conn, "SELECT first_seq, boot FROM boots")

@@ -15,7 +15,7 @@ lets a receiver that does not know them ignore them):
   ``t`` of its own, and its pack has no base time; an absolute time below 2**28 (which
   SenML would read as relative to now) is never sent.
 A missing value is a record without ``v`` but with ``q`` = "missing"; it is never 0.
-A text value (a state, a reason) is ``vs``.
+A text value (a device's state, an alarm's kind) is ``vs``; ``reason`` says why, in words.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def encode(gateway_id: str, readings: Sequence[StoredReading], buffer_id: str = 
         rec["u"] = r.unit
         if isinstance(r.value, str):
             rec["vs"] = r.value
+            if r.reason:
+                rec["reason"] = r.reason
         elif r.value is not None:
             rec["v"] = r.value
         if _timed(r):

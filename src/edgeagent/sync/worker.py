@@ -43,6 +43,7 @@ class SyncWorker:
         rejected_retry_s: float,
         bandwidth_bytes_per_s: int | None = None,
         beat: Callable[[], None] | None = None,
+        on_result: Callable[[str, bool, str], None] | None = None,
     ) -> None:
         self.store = store
         self.uplink = uplink
@@ -53,15 +54,17 @@ class SyncWorker:
         self._bucket = TokenBucket(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
         self._backoff = Backoff(retry_min_s, retry_max_s)
         self._beat = beat or (lambda: None)
+        self._on_result = on_result
         self._wake = store.subscribe()
         self._stopping = asyncio.Event()
         self._last_problem: str | None = None
         self._held: tuple[Batch, bytes] | None = None  # sent but not yet acknowledged
 
     def stop(self) -> None:
-        """Finish the batch in flight, then return from ``run``."""
+        """Finish the batch in flight, then return from ``run``; stop hearing the store."""
         self._stopping.set()
         self._wake.set()
+        self.store.unsubscribe(self._wake)
 
     async def _pause(self, delay_s: float) -> None:
         """Sleep, checking in with the watchdog, and wake early when stopping."""
@@ -144,6 +147,8 @@ class SyncWorker:
             live = self.live
             live.last_result = f"ok: {len(batch.readings)} readings ({batch.first_seq}-{batch.last_seq})"
             live.last_success_ts = time.time()
+            if self._on_result is not None:
+                self._on_result(name, True, live.last_result)
             live.batches_sent += 1
             live.readings_sent += len(batch.readings)
             live.bytes_sent += len(payload)
@@ -152,6 +157,8 @@ class SyncWorker:
         """Record a failure; log it only when it differs from the last one (no storms)."""
         self.live.failures += 1
         self.live.last_result = text
+        if self._on_result is not None:
+            self._on_result(self.uplink.name, False, text)
         key = text.split(";")[0]
         if key != self._last_problem:
             log.log(level, "uplink %s: %s", self.uplink.name, text)

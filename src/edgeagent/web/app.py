@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 from edgeagent import __version__
 from edgeagent.clock import clock_state
 from edgeagent.live import Live
+from edgeagent.reload import ConfigState
 from edgeagent.store import Store
 
 StatusFn = Callable[[], Awaitable[dict[str, Any]]]
@@ -46,7 +47,7 @@ def _damage(store: Store) -> dict[str, Any] | None:
     }
 
 
-def status_builder(live: Live, store: Store) -> StatusFn:
+def status_builder(live: Live, store: Store, config: ConfigState | None = None) -> StatusFn:
     """The function behind ``/api/status`` (and the page, which renders the same JSON)."""
 
     async def build() -> dict[str, Any]:
@@ -110,6 +111,7 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                 "version": __version__,
                 "uptime_s": round(live.uptime_s, 1),
                 "clock": clock_state().as_dict(),
+                "config": config.as_dict() if config is not None else None,
             },
             "devices": devices,
             "buses": [
@@ -141,7 +143,7 @@ def status_builder(live: Live, store: Store) -> StatusFn:
                 "damage": _damage(store),
             },
             "uplinks": uplinks,
-            "alarms": list(live.alarms),
+            "alarms": live.alarms.as_list(),
         }
 
     return build
