@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from edgeagent.clock import StepDetector
 from edgeagent.config import SiteConfig, profiles_for
 from edgeagent.devices.build import Runner, build_live, build_runner, bus_live_of, device_live_of
-from edgeagent.errors import ConfigError, EdgeAgentError, InvalidWrite
+from edgeagent.errors import ConfigError, EdgeAgentError, InvalidWrite, StoreError
 from edgeagent.health import Heartbeats
 from edgeagent.hub import AlarmTransition, DeviceStateChange, Hub, ReadingsBatch, Topic
 from edgeagent.live import DeviceState, Live, UplinkLive
@@ -168,6 +168,7 @@ class Agent:
                 commit_max_readings=site.store.commit_max_readings,
                 max_pending_readings=site.store.max_pending_readings,
                 beat=self.heartbeats.register("store", CRITICAL_ALLOWANCE_S),
+                on_damage=lambda damage: self._raise_alarm("store_corrupt", f"{damage.kind}: {damage.message()}"),
             )
             await store.open()
             stack.push_async_callback(store.close)
@@ -214,7 +215,9 @@ class Agent:
             while True:
                 self.reload_requested.clear()
                 reload = asyncio.create_task(self.reload_requested.wait(), name="reload")
-                watched = {u.task: u for u in self.units.values() if u.task is not None}
+                watched: dict[asyncio.Task[Any], object] = {u.task: u for u in self.units.values() if u.task}
+                if self.store is not None and self.store.task is not None:
+                    watched[self.store.task] = self.store
                 done, _ = await asyncio.wait({stopper, reload, *watched}, return_when=asyncio.FIRST_COMPLETED)
                 reload.cancel()
                 if stopper in done:
@@ -458,7 +461,10 @@ class Agent:
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
             steps.check()
-            self.notifier.status(await self._summary(store))
+            try:
+                self.notifier.status(await self._summary(store))
+            except StoreError as exc:  # reported by the store itself; the next round tries again
+                self.notifier.status(f"store unreadable: {exc}")
 
     async def _watchdog_loop(self, interval_s: float) -> None:
         reported: list[str] = []

@@ -37,8 +37,8 @@ class ConfigProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}: {self.path}" if self.path else self.file
-        return f"{where}: {self.message}"
+        where = ": ".join(part for part in (self.file, self.path) if part)
+        return f"{where}: {self.message}" if where else self.message
 
 
 class ConfigError(EdgeAgentError):
@@ -83,6 +83,10 @@ class StoreError(EdgeAgentError):
 
 class StoreFull(StoreError):
     """The disk holding the buffer is full."""
+
+
+class StoreCorrupt(StoreError):
+    """The buffer's file went bad under the running agent: it is moved aside and replaced."""
 
 
 class UplinkError(EdgeAgentError):

@@ -42,9 +42,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,17 +53,19 @@ from typing import Any
 
 from edgeagent.aio import wait_event
 from edgeagent.clock import PLAUSIBLE_FROM, boot_clock
-from edgeagent.errors import StoreError
+from edgeagent.errors import StoreCorrupt, StoreError
 from edgeagent.model import Priority, Reading, StoredReading
 from edgeagent.store.codec import decode_value, encode_value
 from edgeagent.store.core import _Core, _translate
-from edgeagent.store.damage import Damage, salvage_files
+from edgeagent.store.damage import Damage, move_aside, salvage_files
 from edgeagent.store.schema import TABLES
 from edgeagent.store.types import DEFAULT_BUDGETS, Batch, Budget, DestinationFilter, StoreStats
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 2.0
+# How often the buffer's ends are read again from the file itself (see _Core.probe).
+PROBE_EVERY_S = 5.0
 CLOSE_WAIT_S = 5.0
 # Below this much free space the WAL is checkpointed and truncated at once.
 LOW_SPACE_BYTES = 16 * 1024 * 1024
@@ -108,8 +111,10 @@ class Store:
         commit_max_readings: int = 1000,
         max_pending_readings: int = 100_000,
         beat: Any = None,
+        on_damage: Callable[[Damage], None] | None = None,
     ) -> None:
         self.path = path
+        self._on_damage = on_damage
         filters = (
             dict(destinations)
             if isinstance(destinations, Mapping)
@@ -138,15 +143,30 @@ class Store:
         self._closing = False
         self._needs_retime = False
         self._cursor_error: str | None = None
+        self._last_probe = time.monotonic()
+        self._corrupt: str | None = None  # why the file is bad, until it has been replaced
 
     def debug_hang(self) -> None:
         """Make the commit loop hang for real (a test of the watchdog); see the agent."""
         self._hang = True
 
     async def _run(self, fn: Any, *args: Any) -> Any:
+        """Run on the store's thread; a SQLite error comes back as the project's own."""
         if self._executor is None:
             raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            error = _translate(exc)
+            if isinstance(error, StoreCorrupt) and self._corrupt is None:
+                self._corrupt = str(error)
+                self._wake.set()  # the commit loop replaces the file
+            raise error from exc
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The commit loop: a task the agent watches like a bus."""
+        return self._task
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -161,7 +181,10 @@ class Store:
         self._task = asyncio.create_task(self._commit_loop(), name="store-commit")
 
     def _open_salvage(self) -> None:
+        opened = {c.path for c in self._salvage}
         for file in salvage_files(self.path):
+            if file in opened:
+                continue
             core = _Core(file, self.filters, self.budgets)
             try:
                 core.open_salvage()
@@ -293,7 +316,10 @@ class Store:
             if self._closing:
                 return
             try:
+                if self._corrupt is not None:
+                    await self._replace_damaged()
                 await self._keep_space()
+                await self._probe()
                 await self.flush()
                 if self._needs_retime and time.time() >= PLAUSIBLE_FROM:
                     await self.retime()
@@ -307,9 +333,42 @@ class Store:
                 if self._counters.last_error != str(exc):
                     log.error("%s; readings stay in memory and are retried", exc)
                 self._counters.last_error = str(exc)
-                await self._run(self._core.checkpoint)
+                with contextlib.suppress(StoreError):
+                    await self._run(self._core.checkpoint)
             if self._beat is not None:
                 self._beat()
+
+    async def _probe(self) -> None:
+        now = time.monotonic()
+        if now - self._last_probe >= PROBE_EVERY_S:
+            self._last_probe = now
+            await self._run(self._core.probe)
+
+    async def _replace_damaged(self) -> None:
+        """The file went bad while running: handle it as if found at start, keeping what is pending.
+
+        The file is moved aside and its readable unsent rows salvaged (sent first, under
+        their old identity); a fresh buffer numbers on above every number given; the
+        readings still in memory are committed to it. Nothing stops meanwhile.
+        """
+        reason = self._corrupt or "damaged"
+        async with self._commit_lock:
+            old = self._core
+            log.error("store %s went bad while running (%s); replacing it", self.path, reason)
+            await self._run(old._close_quietly)
+            aside = await self._run(move_aside, self.path, reason)
+            fresh = _Core(self.path, self.filters, self.budgets, number_above=old.last_seq)
+            fresh.damage = Damage("corrupt", f"the buffer went bad while running ({reason})", moved_aside=str(aside))
+            await self._run(fresh.open)
+            self._core = fresh
+            self._corrupt = None
+            self._needs_retime = fresh.this_boot_from is not None
+            await self._run(self._open_salvage)
+        damage = fresh.damage
+        assert damage is not None
+        log.error("%s", damage.message())
+        if self._on_damage is not None:
+            self._on_damage(damage)
 
     async def _keep_space(self) -> None:
         """When the card is nearly full, give the WAL's space back before a write needs it."""
@@ -399,19 +458,21 @@ class Store:
         return next((c for c in self._salvage if c.buffer_id == batch.buffer_id), None)
 
     async def prune(self) -> int:
-        try:
-            return int(await self._run(self._core.prune))
-        except Exception as exc:
-            if isinstance(exc, StoreError):
-                raise
-            raise _translate(exc) from exc  # type: ignore[arg-type]
+        return int(await self._run(self._core.prune))
 
     async def all_readings(self) -> list[StoredReading]:
         return await self._run(self._core.all_readings)
 
     async def stats(self) -> StoreStats:
+        """What the page shows; a file that cannot be read shows as an error, never fails the page."""
         core = self._core
-        oldest = {d: await self._run(core.oldest_unsent, d) for d in self.destinations}
+        oldest: dict[str, float | None] = {}
+        read_error: str | None = None
+        for d in self.destinations:
+            try:
+                oldest[d] = await self._run(core.oldest_unsent, d)
+            except StoreError as exc:
+                oldest[d], read_error = None, str(exc)
         salvage = [
             {
                 "buffer_id": c.buffer_id,
@@ -434,7 +495,7 @@ class Store:
             oldest_unsent_ts=oldest,
             class_bytes={p.name.lower(): int(core.bytes[p]) for p in TABLES},
             dropped=_merge_counts(core.dropped, self._counters.dropped),
-            last_error=self._counters.last_error or self._cursor_error,
+            last_error=self._counters.last_error or self._cursor_error or read_error,
             moved_aside=self.moved_aside,
             buffer_id=core.buffer_id,
             produced_total=self._counters.produced_total,

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edgeagent.clock import boot_id
-from edgeagent.errors import StoreError, StoreFull
+from edgeagent.errors import StoreCorrupt, StoreError, StoreFull
 from edgeagent.model import Priority, Quality, Reading, StoredReading
 from edgeagent.store.codec import (
     BOOT_TIME_FLAG,
@@ -49,8 +49,12 @@ class _Core:
         path: Path,
         destinations: Mapping[str, DestinationFilter],
         budgets: Mapping[Priority, Budget] | None = None,
+        *,
+        number_above: int = 0,
     ) -> None:
         self.path = path
+        # A buffer made to replace one that went bad while running numbers on above this.
+        self.number_above = number_above
         self.filters = dict(destinations)
         self.destinations = list(destinations)
         self.budgets = dict(budgets or DEFAULT_BUDGETS)
@@ -100,7 +104,23 @@ class _Core:
 
     def _reset(self) -> None:
         self._close_quietly()
-        self.__init__(self.path, self.filters, self.budgets)  # type: ignore[misc]
+        self.__init__(self.path, self.filters, self.budgets, number_above=self.number_above)  # type: ignore[misc]
+
+    def probe(self) -> None:
+        """Read the buffer's ends again from the file, not the cache: damage shows within seconds.
+
+        The page cache is dropped first, so a page that went bad on the card is really read.
+        """
+        conn = self._conn()
+        conn.execute("PRAGMA shrink_memory")
+        conn.execute("SELECT count(*) FROM series").fetchone()
+        for table in TABLES.values():
+            conn.execute(f"SELECT seq, ts_ms, value FROM {table} ORDER BY seq LIMIT 1").fetchone()
+            conn.execute(f"SELECT seq, ts_ms, value FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
+        for (dest, prio), cursor in self.cursors.items():
+            if prio in self.filters[dest].classes:
+                table = TABLES[prio]
+                conn.execute(f"SELECT seq, ts_ms, value FROM {table} WHERE seq > ? LIMIT 1", (cursor,)).fetchone()
 
     def _open_checked(self, *, salvage: bool = False) -> None:
         wal_existed = Path(f"{self.path}-wal").exists()
@@ -109,7 +129,7 @@ class _Core:
             # and number on above every sequence number any of it ever gave.
             highest, interrupted = settle_asides(self.path, self.damage)
             self.damage = self.damage or interrupted
-            create_file(self.path, last_seq=highest)
+            create_file(self.path, last_seq=max(highest, self.number_above))
             self.created = self.damage is None
             wal_existed = True
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -598,7 +618,10 @@ class _Core:
 
 
 def _translate(exc: sqlite3.Error) -> StoreError:
+    """The project's error for a SQLite one: nothing above the store sees sqlite3."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
         return StoreFull(f"disk full: {exc}")
-    return StoreError(f"store write failed: {exc}")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc):
+        return StoreCorrupt(f"the buffer is damaged: {exc}")
+    return StoreError(f"store access failed: {exc}")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from edgeagent.aio import wait_event
 from edgeagent.backoff import Backoff
-from edgeagent.errors import UplinkRejected, UplinkRetryLater
+from edgeagent.errors import StoreError, UplinkRejected, UplinkRetryLater
 from edgeagent.live import UplinkLive
 from edgeagent.store import Batch, Store
 from edgeagent.sync.pacing import TokenBucket
@@ -27,6 +27,7 @@ from edgeagent.uplinks import Uplink
 log = logging.getLogger(__name__)
 
 BEAT_EVERY_S = 1.0
+STORE_RETRY_S = 1.0
 
 
 class SyncWorker:
@@ -103,7 +104,13 @@ class SyncWorker:
                 # A retry sends the very same batch, so its idempotency key does not change.
                 batch, payload = self._held
             else:
-                batch = await self.store.next_batch(name, self.batch_max_readings)
+                try:
+                    batch = await self.store.next_batch(name, self.batch_max_readings)
+                except StoreError as exc:
+                    # The store reports (and replaces a damaged file); this worker waits and reads again.
+                    self._problem(f"cannot read the buffer: {exc}; retrying", logging.ERROR)
+                    await self._pause(STORE_RETRY_S)
+                    continue
                 if batch is None:
                     await self._wait_for_data()
                     continue
