@@ -86,7 +86,7 @@ async def test_corrupt_store_is_moved_aside_and_an_alarm_goes_upstream_first(
         assert agent.live.alarms and agent.live.alarms[0]["kind"] == "store_corrupt"
     first = min(ingest.records.values(), key=lambda rec: rec["seq"])
     assert first["n"] == "gw-test/gateway/store_corrupt"
-    assert first["vs"] == "corrupt"
+    assert first["vs"] == "active"
     assert first["reason"].startswith("corrupt: the buffer failed its integrity check")
     aside = [p for p in state.glob("buffer.sqlite.corrupt-*") if not p.name.endswith(".salvaged")]
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"SQLite format 3\x00\x5a")

@@ -112,7 +112,7 @@ class Agent:
             else:
                 log.info("alarm %s cleared: %s", t.kind, t.message)
                 self.live.alarms.clear(t.source, t.kind, t.ts)
-            value = t.message.split(":", 1)[0] if t.active else "cleared"
+            value = "active" if t.active else "cleared"
             reading = Reading(
                 t.source, t.kind, t.ts, value, "", priority=Priority.ALARM, reason=t.message[:MAX_REASON_CHARS]
             )

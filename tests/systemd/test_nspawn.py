@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -331,6 +332,41 @@ def test_doctor_on_the_installed_example(guest: Guest, figures: list[str]) -> No
     ):
         assert re.search(f"^{line}", out, re.MULTILINE), f"{line!r} not in:\n{out}"
     figures.append(f"edgeagent doctor in the guest: {took_s:.1f} s, {out.strip().splitlines()[-1]}")
+
+
+CONFIG = "/etc/edgeagent/edgeagent.toml"
+STATUS_PROBE = (
+    "import json, urllib.request as u; "
+    "c = json.load(u.urlopen('http://127.0.0.1:8080/api/status', timeout=2))['gateway']['config']; "
+    "print(c['hash'], c['outcome'])"
+)
+
+
+def test_systemctl_reload_applies_a_changed_config(guest: Guest, figures: list[str]) -> None:
+    """An operator edits the config and runs `systemctl reload`: applied in place, same process."""
+    before = guest.show("MainPID", "ActiveState")
+    assert before["ActiveState"] == "active"
+    original = guest.run("cat", CONFIG, check=True).stdout
+    edited = original.replace("poll_interval_s = 10", "poll_interval_s = 20")
+    assert edited != original
+    expected = "sha256:" + hashlib.sha256(edited.encode()).hexdigest()[:16]
+    try:
+        guest.write(CONFIG, edited)
+        started = time.monotonic()
+        guest.run("systemctl", "reload", UNIT, check=True)
+        took = _wait_for(
+            "the new config applied",
+            lambda: guest.run("python3", "-c", STATUS_PROBE).stdout.split() == [expected, "applied"],
+            timeout_s=20,
+            interval_s=0.1,
+        )
+        figures.append(f"systemctl reload -> new config applied: {took:.2f} s (from {time.monotonic() - started:.2f})")
+        after = guest.show("MainPID", "ActiveState")
+        assert after == before, "applied in the running process, which stays active"
+        assert "reload applied" in guest.journal()
+    finally:
+        guest.write(CONFIG, original)
+        guest.run("systemctl", "reload", UNIT)
 
 
 def test_service_is_active_only_after_ready(guest: Guest) -> None:
