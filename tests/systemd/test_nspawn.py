@@ -267,10 +267,11 @@ def test_unit_file_verifies_and_scores_on_the_host(tmp_path: Path, figures: list
     root = tmp_path / "root"
     shutil.copytree("/lib/systemd/system", root / "lib/systemd/system", symlinks=True)
     shutil.copy(REPO / "packaging" / "edgeagent.service", root / "lib/systemd/system" / UNIT)
-    exe = root / "opt/edgeagent/venv/bin/edgeagent"
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
+    for command in ("opt/edgeagent/venv/bin/edgeagent", "bin/kill"):  # ExecStart=, ExecReload=
+        exe = root / command
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
     verify = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", UNIT], capture_output=True, text=True, timeout=60
     )
