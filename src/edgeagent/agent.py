@@ -139,7 +139,7 @@ class Agent:
             self._raise_alarm("store_corrupt", f"{store.damage.kind}: {store.damage.message()}")
         elif store.created:
             message = f"new buffer {store.buffer_id}: none was found in {store.path.parent}"
-            log.warning("%s", message)
+            log.info("%s", message)
             self._gateway_reading("store_created", "created", message, Priority.EVENT)
 
     # -- running -------------------------------------------------------------------------
