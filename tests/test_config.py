@@ -47,7 +47,7 @@ def test_good_config_resolves_relative_paths(tmp_path: Path) -> None:
         (
             "poll_interval_s = 0.1",
             'poll_interval_s = "fast"',
-            "devices[0].poll_interval_s: Input should be a valid number",
+            'devices[0].poll_interval_s: expected a number, got "fast" (a string)',
         ),
         ("poll_interval_s = 0.1", "poll_interval_s = 0", "devices[0].poll_interval_s: Input should be greater than 0"),
         ("unit_id = 1", "unit_id = 1\npoll_intreval_s = 3", "devices[0].poll_intreval_s: unknown key"),

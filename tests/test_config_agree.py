@@ -5,6 +5,10 @@ Each row is a config file given to two real processes, ``edgeagent check-config 
 unit does not restart) and name the same ``file: key.path``; run must not get as far as
 creating the buffer. A good but unusual config passes check-config, and run starts
 (it logs that it runs) and stops cleanly on SIGTERM.
+
+``MESSAGES`` is the same check for what the messages say: a value of the wrong type, a
+duplicate, a misspelling (with its suggestion), a broken profile of the site's own
+(named once, by its file and the key path in it), each word for word in both outputs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from edgeagent.profiles import DRIVERS_PATH_ENV, drivers_dir
 from tests.helpers import free_port, site_toml
 from tests.mosquitto import make_pki
 
@@ -144,28 +149,37 @@ def _tls(tmp: Path, **changes: str) -> str:
 
 @dataclass(frozen=True)
 class Broken:
-    """A config both commands refuse; ``expected`` (after ``file: ``) is in both outputs."""
+    """A config both commands refuse; ``expected`` (after ``file: ``) is in both outputs.
+
+    Each line of ``once`` is in both outputs exactly once. In both, ``{tmp}`` stands for the
+    test's folder, where ``drivers/`` is the site's own profile folder (EDGEAGENT_DRIVERS_PATH).
+    """
 
     build: Callable[[Path], Path]
     expected: str
     privileged: bool = False
+    once: tuple[str, ...] = ()
 
 
 BROKEN: dict[str, Broken] = {
     # The cases tests/test_config.py checks in process.
     "wrong type": Broken(
         lambda t: _site(t, replace={"poll_interval_s = 0.1": 'poll_interval_s = "fast"'}),
-        "devices[0].poll_interval_s:",
+        'devices[0].poll_interval_s: expected a number, got "fast" (a string)',
     ),
     "unknown key": Broken(
-        lambda t: _site(t, replace={"unit_id = 1": "unit_id = 1\npoll_intreval_s = 3"}), "devices[0].poll_intreval_s:"
+        lambda t: _site(t, replace={"unit_id = 1": "unit_id = 1\npoll_intreval_s = 3"}),
+        "devices[0].poll_intreval_s: unknown key; did you mean 'poll_interval_s'?",
     ),
     "missing profile": Broken(
         lambda t: _site(t, replace={'profile = "generic_water_level"': 'profile = "no_such_sensor"'}),
-        "devices[0].profile:",
+        "devices[0].profile: no such profile 'no_such_sensor' (`edgeagent profiles` lists them)",
     ),
     "bus port out of range": Broken(lambda t: _site(t, replace={f"port = {CLOSED}": "port = 70000"}), "buses[0].port:"),
-    "no such bus": Broken(lambda t: _site(t, replace={'bus = "flood"': 'bus = "nowhere"'}), "devices[0].bus:"),
+    "no such bus": Broken(
+        lambda t: _site(t, replace={'bus = "flood"': 'bus = "nowhere"'}),
+        "devices[0].bus: no bus named 'nowhere' (the buses are 'flood')",
+    ),
     "unknown uplink kind": Broken(
         lambda t: _site(t, replace={'kind = "http"': 'kind = "carrier-pigeon"'}), "uplinks[0].kind:"
     ),
@@ -222,6 +236,141 @@ BROKEN: dict[str, Broken] = {
     "privileged web port": Broken(lambda t: _site(t, web_port=PRIVILEGED_PORT), "web.port:", privileged=True),
 }
 
+
+def _device(device_id: str, unit_id: int, profile: str = "generic_water_level") -> str:
+    """One more water-level sensor on the test site's bus (devices[1] and on)."""
+    return f"""
+[[devices]]
+id = "{device_id}"
+profile = "{profile}"
+bus = "flood"
+unit_id = {unit_id}
+[devices.asset]
+location = "test bench"
+owner = "tests"
+"""
+
+
+def _profile(tmp: Path, name: str, changes: dict[str, str]) -> str:
+    """A site's own copy of the water-level profile with ``changes``: drivers/<name>.toml."""
+    text = (drivers_dir() / "generic_water_level.toml").read_text()
+    for old, new in changes.items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp / "drivers" / f"{name}.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return name
+
+
+def _own_profile_site(tmp: Path, changes: dict[str, str]) -> Path:
+    """The test site with both its devices on a site's own profile with ``changes``."""
+    name = _profile(tmp, "level_copy", changes)
+    return _site(
+        tmp,
+        replace={'profile = "generic_water_level"': f'profile = "{name}"'},
+        tail=_device("wl-02", 2, profile=name),
+    )
+
+
+SITE_PROFILE = "{tmp}/drivers/level_copy.toml"
+NO_UNIT = {'unit = "mm"': ""}  # the one point's unit
+ADDRESS_TEXT = {"address = 0x0006": 'address = "6"'}
+
+MESSAGES: dict[str, Broken] = {
+    # A value of the wrong TOML type is an error, not converted.
+    "unit_id a boolean": Broken(
+        lambda t: _site(t, replace={"unit_id = 1": "unit_id = true"}),
+        "devices[0].unit_id: expected an integer, got true (a boolean)",
+    ),
+    "bus port a string": Broken(
+        lambda t: _site(t, replace={f"port = {CLOSED}": 'port = "502"'}),
+        'buses[0].port: expected an integer, got "502" (a string)',
+    ),
+    "timeout_ms a float": Broken(
+        lambda t: _site(t, replace={"timeout_ms = 500": "timeout_ms = 1500.0"}),
+        "buses[0].timeout_ms: expected an integer, got 1500.0 (a float)",
+    ),
+    "poll interval a boolean": Broken(
+        lambda t: _site(t, replace={"poll_interval_s = 0.1": "poll_interval_s = true"}),
+        "devices[0].poll_interval_s: expected a number, got true (a boolean)",
+    ),
+    "web enabled a string": Broken(
+        lambda t: _site(t, replace={"[web]\n": '[web]\nenabled = "yes"\n'}),
+        'web.enabled: expected true or false, got "yes" (a string)',
+    ),
+    "gateway id an integer": Broken(
+        lambda t: _site(t, replace={'id = "gw-test"': "id = 17"}), "gateway.id: expected a string, got 17 (an integer)"
+    ),
+    "tags a string": Broken(
+        lambda t: _site(t, replace={"tags = []": 'tags = "drainage"'}),
+        'devices[0].tags: expected an array, got "drainage" (a string)',
+    ),
+    # Duplicates name both positions.
+    "duplicate device id": Broken(
+        lambda t: _site(t, tail=_device("wl-01", 2)), "devices[1].id: duplicate of devices[0].id"
+    ),
+    "duplicate bus name": Broken(
+        lambda t: _site(t, tail='[[buses]]\nname = "flood"\nkind = "modbus_tcp"\nhost = "127.0.0.1"\n'),
+        "buses[1].name: duplicate of buses[0].name",
+    ),
+    "duplicate uplink name": Broken(
+        lambda t: _site(t, tail=f'[[uplinks]]\nname = "platform"\nkind = "http"\nurl = "http://127.0.0.1:{CLOSED}/"\n'),
+        "uplinks[1].name: duplicate of uplinks[0].name",
+    ),
+    "duplicate unit id": Broken(
+        lambda t: _site(t, tail=_device("wl-02", 1)),
+        "devices[1].unit_id: unit id 1 used twice on bus 'flood' (first at devices[0].unit_id)",
+    ),
+    # Misspellings get the closest name there is.
+    "misspelt bus name": Broken(
+        lambda t: _site(t, replace={'bus = "flood"': 'bus = "flod"'}),
+        "devices[0].bus: no bus named 'flod'; did you mean 'flood'?",
+    ),
+    "misspelt profile": Broken(
+        lambda t: _site(t, replace={'profile = "generic_water_level"': 'profile = "generic_water_levle"'}),
+        "devices[0].profile: no such profile 'generic_water_levle'; did you mean 'generic_water_level'?",
+    ),
+    "misspelt bus key": Broken(
+        lambda t: _site(t, replace={"timeout_ms = 500": "tiemout_ms = 500"}),
+        "buses[0].tiemout_ms: unknown key; did you mean 'timeout_ms'?",
+    ),
+    "misspelt uplink key": Broken(
+        lambda t: _site(t, uplink='token_flie = "platform.token"'),
+        "uplinks[0].token_flie: unknown key; did you mean 'token_file'?",
+    ),
+    "misspelt section": Broken(
+        lambda t: _site(t, replace={"[store]": "[stores]"}), "stores: unknown key; did you mean 'store'?"
+    ),
+    "misspelt asset key": Broken(
+        lambda t: _site(t, replace={'owner = "tests"': 'ownr = "tests"'}),
+        "devices[0].asset.ownr: unknown key; did you mean 'owner'?",
+    ),
+    "misspelt class budget key": Broken(
+        lambda t: _site(t, tail="[store.event]\nmax_byte = 1048576\n"),
+        "store.event.max_byte: unknown key; did you mean 'max_bytes'?",
+    ),
+    "misspelt bus kind": Broken(
+        lambda t: _site(t, replace={'kind = "modbus_tcp"': 'kind = "modbus-tcp"'}),
+        "buses[0].kind: Input should be 'modbus_tcp', 'modbus_rtu', 'serial' or 'ble'; did you mean 'modbus_tcp'?",
+    ),
+    # A site's own profile with errors: each named once, in its file, whatever uses it.
+    "broken site profile used twice": Broken(
+        lambda t: _own_profile_site(t, {**NO_UNIT, **ADDRESS_TEXT}),
+        f"devices[0].profile: profile 'level_copy' is invalid (see {SITE_PROFILE})",
+        once=(
+            f"{{config}}: devices[1].profile: profile 'level_copy' is invalid (see {SITE_PROFILE})",
+            f"{SITE_PROFILE}: points[0].unit: Field required",
+            f'{SITE_PROFILE}: points[0].address: expected an integer, got "6" (a string)',
+        ),
+    ),
+    "misspelt key in a site profile": Broken(
+        lambda t: _own_profile_site(t, {"max_gap_registers = 4": "max_gap_register = 4"}),
+        f"devices[1].profile: profile 'level_copy' is invalid (see {SITE_PROFILE})",
+        once=(f"{SITE_PROFILE}: max_gap_register: unknown key; did you mean 'max_gap_registers'?",),
+    ),
+}
+
 GOOD: dict[str, Callable[[Path], Path]] = {
     "some keys of the class budgets": lambda t: _site(
         t,
@@ -229,6 +378,9 @@ GOOD: dict[str, Callable[[Path], Path]] = {
         "[store.telemetry]\npolicy = 'thin'\nthin_keep_every = 3\n",
     ),
     "token file with a trailing newline": lambda t: _token(t, "s3cret-token\n"),
+    "integers where floats are expected": lambda t: _site(
+        t, replace={"poll_interval_s = 0.1": "poll_interval_s = 1", "timeout_s = 2.0": "timeout_s = 2"}
+    ),
     "Latin-1 URL credentials without a token": lambda t: _site(
         t, replace={"http://127.0.0.1": "http://gw:p%C3%A4ss@127.0.0.1"}
     ),
@@ -241,7 +393,7 @@ GOOD: dict[str, Callable[[Path], Path]] = {
 }
 
 
-async def _exec(*args: str, prefix: list[str]) -> asyncio.subprocess.Process:
+async def _exec(*args: str, prefix: list[str], env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *prefix,
         sys.executable,
@@ -250,23 +402,24 @@ async def _exec(*args: str, prefix: list[str]) -> asyncio.subprocess.Process:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
 
 
-async def _check_config(config: Path, prefix: list[str]) -> tuple[int, str]:
-    proc = await _exec("check-config", str(config), prefix=prefix)
+async def _check_config(config: Path, prefix: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    proc = await _exec("check-config", str(config), prefix=prefix, env=env)
     async with asyncio.timeout(SETTLE_S):
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, (out + err).decode(errors="replace")
 
 
-async def _run(config: Path, prefix: list[str]) -> tuple[int, str, bool]:
+async def _run(config: Path, prefix: list[str], env: dict[str, str] | None = None) -> tuple[int, str, bool]:
     """``edgeagent run``: its exit code, its output, and whether it got as far as running.
 
     A run that says it runs is stopped with SIGTERM (its exit code is then that of the stop).
     """
-    proc = await _exec("run", "--config", str(config), prefix=prefix)
+    proc = await _exec("run", "--config", str(config), prefix=prefix, env=env)
     assert proc.stderr is not None
     lines: list[str] = []
     running = False
@@ -314,6 +467,23 @@ async def test_both_commands_refuse_with_the_same_key_path(tmp_path: Path, row: 
     assert (run_code, named in run_out) == (2, True), run_out
     assert "Traceback" not in check_out + run_out
     assert not (tmp_path / "state" / "buffer.sqlite").is_file(), "run touched the buffer"
+
+
+@pytest.mark.parametrize("row", list(MESSAGES.values()), ids=list(MESSAGES))
+async def test_both_commands_say_the_same_thing_about_a_broken_config(tmp_path: Path, row: Broken) -> None:
+    config = row.build(tmp_path)
+    env = {**os.environ, DRIVERS_PATH_ENV: str(tmp_path / "drivers")}
+    (check_code, check_out), (run_code, run_out, running) = await asyncio.gather(
+        _check_config(config, [], env), _run(config, [], env)
+    )
+    named = f"{config}: {row.expected.replace('{tmp}', str(tmp_path))}"
+    once = [line.replace("{tmp}", str(tmp_path)).replace("{config}", str(config)) for line in row.once]
+    assert (check_code, named in check_out) == (2, True), check_out
+    assert not running, f"run started on a config it should refuse:\n{run_out}"
+    assert (run_code, named in run_out) == (2, True), run_out
+    for line in once:
+        assert (check_out.count(line), run_out.count(line)) == (1, 1), f"{line}\n{check_out}\n{run_out}"
+    assert "Traceback" not in check_out + run_out
 
 
 @pytest.mark.parametrize("build", list(GOOD.values()), ids=list(GOOD))

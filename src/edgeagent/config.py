@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote
@@ -23,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -31,21 +31,32 @@ from pydantic import (
 
 from edgeagent.errors import ConfigError, ConfigProblem
 from edgeagent.profiles import (
+    ByteSize,
     Profile,
     PwdProfile,
     RadarProfile,
     SerialProfile,
     SerialSettings,
+    StopBits,
+    did_you_mean,
     format_validation_error,
     load_profile,
+    profile_path,
     read_toml,
 )
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+ConfigPath = Annotated[Path, Strict(False)]
+"""A path: TOML writes it as a string, which is the one conversion strict mode is told to make."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and so is a value of the wrong TOML type (``port = "502"``, ``unit_id = true``).
+
+    Strict mode still takes an integer where a float is expected (``poll_interval_s = 10``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Located(_Strict):
@@ -68,7 +79,7 @@ class GatewayConfig(_Strict):
     """Who this gateway is and where it keeps its state."""
 
     id: Ident
-    state_dir: Path = Path("/var/lib/edgeagent")
+    state_dir: ConfigPath = Path("/var/lib/edgeagent")
 
 
 MIB = 1024 * 1024
@@ -188,9 +199,9 @@ class ModbusRtuBus(_Reconnecting):
     kind: Literal["modbus_rtu"]
     port: str = Field(min_length=1, description="e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
     baudrate: int = Field(default=9600, ge=300, le=4_000_000)
-    bytesize: Literal[7, 8] = 8
+    bytesize: ByteSize = 8
     parity: Parity = "N"
-    stopbits: Literal[1, 2] = 1
+    stopbits: StopBits = 1
     timeout_ms: int = Field(default=1000, gt=0, le=60_000)
     inter_frame_ms: float | None = Field(
         default=None, ge=0, le=10_000, description="silence between transactions; default 3.5 characters"
@@ -207,9 +218,9 @@ class SerialBus(_Reconnecting):
     kind: Literal["serial"]
     port: str = Field(min_length=1)
     baudrate: int | None = Field(default=None, ge=50, le=4_000_000)
-    bytesize: Literal[7, 8] | None = None
+    bytesize: ByteSize | None = None
     parity: Parity | None = None
-    stopbits: Literal[1, 2] | None = None
+    stopbits: StopBits | None = None
     inter_frame_ms: float = Field(default=0, ge=0, le=10_000, description="pause between two polls")
 
 
@@ -263,7 +274,7 @@ class DeviceConfig(Located):
     sensor_id: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,2}$", description="Vaisala PWD id")
     mac: str | None = Field(default=None, pattern=_MAC, description="BLE address")
     key: SecretStr | None = Field(default=None, description="BTHome encryption key, 32 hex digits")
-    key_file: Path | None = Field(default=None, description="file holding the BTHome key")
+    key_file: ConfigPath | None = Field(default=None, description="file holding the BTHome key")
     poll_interval_s: float | None = Field(default=None, gt=0, le=86400)
     timeout_ms: int | None = Field(default=None, gt=0, le=60_000, description="default: the bus's")
     retries: int = Field(default=1, ge=0, le=5)
@@ -322,7 +333,7 @@ class HttpUplinkConfig(_UplinkBase):
 
     kind: Literal["http"]
     url: AnyHttpUrl
-    token_file: Path | None = Field(default=None, description="file holding a bearer token")
+    token_file: ConfigPath | None = Field(default=None, description="file holding a bearer token")
     timeout_s: float = Field(default=15.0, gt=0, le=600)
     rejected_retry_s: float = Field(default=300.0, gt=0, le=86400)
 
@@ -334,11 +345,11 @@ class MqttUplinkConfig(_UplinkBase):
     host: str = Field(min_length=1)
     port: int = Field(default=8883, ge=1, le=65535)
     tls: bool = Field(default=True, description="TLS with server verification")
-    ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker (default: system CAs)")
-    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
-    key_file: Path | None = Field(default=None, description="client certificate's private key")
+    ca_file: ConfigPath | None = Field(default=None, description="CA bundle to verify the broker (default: system CAs)")
+    cert_file: ConfigPath | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: ConfigPath | None = Field(default=None, description="client certificate's private key")
     username: str | None = None
-    password_file: Path | None = Field(default=None, description="file holding the password")
+    password_file: ConfigPath | None = Field(default=None, description="file holding the password")
     client_id: str | None = Field(default=None, max_length=128, description="default: edgeagent-<gateway>-<name>")
     topic_prefix: str = Field(default="edgeagent", pattern=r"^[^#+\s]+$")
     keepalive_s: int = Field(default=60, ge=5, le=3600)
@@ -368,49 +379,79 @@ class SiteConfig(Located):
     uplinks: list[UplinkConfig] = Field(default_factory=list)
 
 
-def _duplicates(items: list[str]) -> set[str]:
-    return {x for x, n in Counter(items).items() if n > 1}
+def _duplicates(file: str, section: str, key: str, values: list[object]) -> list[ConfigProblem]:
+    """``devices[3].id: duplicate of devices[0].id``: each repeat names the first one."""
+    first: dict[object, int] = {}
+    problems = []
+    for i, value in enumerate(values):
+        if value in first:
+            where = f"{section}[{first[value]}].{key}"
+            problems.append(ConfigProblem(file, f"{section}[{i}].{key}", f"duplicate of {where}"))
+        else:
+            first[value] = i
+    return problems
+
+
+def _unknown_bus(name: str, buses: list[str]) -> str:
+    if not buses:
+        return f"no bus named {name!r} (there are no [[buses]])"
+    hint = did_you_mean(name, buses) or f" (the buses are {', '.join(map(repr, buses))})"
+    return f"no bus named {name!r}{hint}"
 
 
 def _cross_check(file: str, site: SiteConfig) -> tuple[list[ConfigProblem], dict[str, Profile]]:
-    """What pydantic cannot see alone: references between sections, and profiles."""
-    problems: list[ConfigProblem] = []
+    """What pydantic cannot see alone: references between sections, and profiles.
+
+    A profile file with errors is reported once, each error with the profile's file and
+    the key path in it, however many devices use it; each of those devices gets one line
+    pointing to it.
+    """
+    problems = [
+        *_duplicates(file, "buses", "name", [b.name for b in site.buses]),
+        *_duplicates(file, "devices", "id", [d.id for d in site.devices]),
+        *_duplicates(file, "uplinks", "name", [u.name for u in site.uplinks]),
+    ]
+    profile_problems: list[ConfigProblem] = []
     profiles: dict[str, Profile] = {}
-    for section, names in (
-        ("buses", [b.name for b in site.buses]),
-        ("devices", [d.id for d in site.devices]),
-        ("uplinks", [u.name for u in site.uplinks]),
-    ):
-        for dup in sorted(_duplicates(names)):
-            problems.append(ConfigProblem(file, section, f"duplicate name {dup!r}"))
+    broken: dict[str, str] = {}  # profile name -> the problem its devices point to
     buses = {b.name: b for b in site.buses}
     for i, dev in enumerate(site.devices):
         if dev.bus not in buses:
-            problems.append(ConfigProblem(file, f"devices[{i}].bus", f"no bus named {dev.bus!r}"))
-        if dev.profile not in profiles:
+            problems.append(ConfigProblem(file, f"devices[{i}].bus", _unknown_bus(dev.bus, list(buses))))
+        if dev.profile not in profiles and dev.profile not in broken:
             try:
-                profiles[dev.profile] = load_profile(dev.profile)
+                path = profile_path(dev.profile)
             except ConfigError as exc:
-                detail = "; ".join(p.message for p in exc.problems)
-                problems.append(ConfigProblem(file, f"devices[{i}].profile", detail))
-                continue
-        if dev.bus in buses:
+                broken[dev.profile] = exc.problems[0].message
+            else:
+                try:
+                    profiles[dev.profile] = load_profile(dev.profile)
+                except ConfigError as exc:
+                    broken[dev.profile] = f"profile {dev.profile!r} is invalid (see {path})"
+                    profile_problems += exc.problems
+        if dev.profile in broken:
+            problems.append(ConfigProblem(file, f"devices[{i}].profile", broken[dev.profile]))
+        elif dev.bus in buses:
             problems += _check_device(file, i, dev, buses[dev.bus], profiles[dev.profile])
     for key, label in (("unit_id", "unit id"), ("sensor_id", "sensor id"), ("mac", "MAC")):
-        addresses = [(d.bus, getattr(d, key)) for d in site.devices]
+        first: dict[tuple[str, object], int] = {}
         for i, dev in enumerate(site.devices):
             value = getattr(dev, key)
-            if value is not None and addresses.count((dev.bus, value)) > 1:
-                problems.append(
-                    ConfigProblem(file, f"devices[{i}].{key}", f"{label} {value} used twice on bus {dev.bus!r}")
-                )
+            if value is None:
+                continue
+            if (dev.bus, value) in first:
+                seen = f"devices[{first[dev.bus, value]}].{key}"
+                message = f"{label} {value} used twice on bus {dev.bus!r} (first at {seen})"
+                problems.append(ConfigProblem(file, f"devices[{i}].{key}", message))
+            else:
+                first[dev.bus, value] = i
     for j, bus in enumerate(site.buses):
         if isinstance(bus, SerialBus):
             problems += _check_serial_bus(file, j, bus, site, profiles)
     for k, up in enumerate(site.uplinks):
         if isinstance(up, HttpUplinkConfig):
             problems += _check_url_credentials(file, k, up)
-    return problems, profiles
+    return problems + profile_problems, profiles
 
 
 def _check_url_credentials(file: str, k: int, up: HttpUplinkConfig) -> list[ConfigProblem]:
@@ -540,7 +581,7 @@ def parse_config(data: dict[str, object], *, file: str = "<config>", base: Path 
     try:
         site = SiteConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(file, exc, data=data)) from exc
+        raise ConfigError(format_validation_error(file, exc, data=data, schema=SiteConfig)) from exc
     problems, _ = _cross_check(file, site)
     if problems:
         raise ConfigError(problems)

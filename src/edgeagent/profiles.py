@@ -10,13 +10,30 @@ the repository's ``drivers/`` folder.
 
 from __future__ import annotations
 
+import datetime
+import difflib
+import json
+import math
 import os
+import re
 import tomllib
+import types
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from edgeagent.errors import ConfigError, ConfigProblem, DecodeError
 from edgeagent.protocols import ruuvi
@@ -63,7 +80,26 @@ RUUVI_FIELDS = frozenset(ruuvi.NUMERIC_FIELDS) | BLE_EXTRA_FIELDS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and so is a value of the wrong TOML type (no ``"502"`` for 502, no ``true`` for 1).
+
+    Strict mode still takes an integer where a float is expected (``poll_interval_s = 10``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _no_float_or_bool(value: object) -> object:
+    """A numbered choice (7 or 8 data bits) is an integer, as any int key is.
+
+    Even in strict mode pydantic matches ``8.0`` to ``Literal[8]`` and ``true`` to ``Literal[1]``.
+    """
+    if isinstance(value, float | bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+ByteSize = Annotated[Literal[7, 8], BeforeValidator(_no_float_or_bool)]
+StopBits = Annotated[Literal[1, 2], BeforeValidator(_no_float_or_bool)]
 
 
 class ProfileAsset(_Strict):
@@ -78,9 +114,9 @@ class SerialSettings(_Strict):
     """A serial line's framing; a profile's factory defaults, which a bus may override."""
 
     baudrate: int = Field(ge=50, le=4_000_000)
-    bytesize: Literal[7, 8] = 8
+    bytesize: ByteSize = 8
     parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
+    stopbits: StopBits = 1
 
 
 class ForbiddenRange(_Strict):
@@ -110,7 +146,7 @@ class RegisterPoint(_Strict):
     description: str = ""
     function: Function = "holding"
     address: int = Field(ge=0, le=0xFFFF)
-    type: DataType | Literal["bool"] = "int16"
+    type: Literal[DataType, "bool"] = "int16"
     word_order: WordOrder = "ABCD"
     bit: int | None = Field(default=None, ge=0, le=31, description="lowest bit of a bit field")
     bits: int = Field(default=1, ge=1, le=32, description="width of the bit field")
@@ -253,7 +289,7 @@ class PwdProfile(_ProfileBase):
     """A Vaisala PWD visibility / present-weather sensor, polled over a serial line."""
 
     protocol: Literal["vaisala_pwd"]
-    message: Literal[2, 7] = 7
+    message: Annotated[Literal[2, 7], BeforeValidator(_no_float_or_bool)] = 7
     serial: SerialSettings = SerialSettings(baudrate=9600, bytesize=7, parity="E", stopbits=1)
     default_poll_interval_s: float = Field(default=15.0, gt=0, le=86400)
     response_timeout_ms: int = Field(default=1500, gt=0, le=60_000)
@@ -338,14 +374,23 @@ def profile_dirs() -> list[Path]:
 _TAG_KEYS = ("kind", "protocol")
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the choice closest to a misspelt ``word`` (case aside), else ``""``."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), by_lower, n=1)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
 def format_validation_error(
-    file: str, exc: ValidationError, prefix: str = "", data: object = None
+    file: str, exc: ValidationError, prefix: str = "", data: object = None, schema: object = None
 ) -> list[ConfigProblem]:
     """Turn pydantic's errors into ``file: a.b[2].c: message`` problems.
 
     With ``data`` (the validated input), the tag pydantic puts in the path of a
     discriminated union (``buses[0].modbus_rtu.baudrate``) is left out: the reader
-    wrote ``buses[0].baudrate``.
+    wrote ``buses[0].baudrate``. With ``schema`` (the type validated against), an unknown
+    key gets the closest key of its table as a suggestion, and a secret's value is never
+    repeated in a message.
     """
     problems = []
     for err in exc.errors():
@@ -365,20 +410,130 @@ def format_validation_error(
             else:
                 path += f".{part}" if path else str(part)
         message = err["msg"]
+        ctx = err.get("ctx") or {}
         if err["type"] == "extra_forbidden":
-            message = "unknown key"
+            key = err["loc"][-1]
+            keys = _fields_of(_type_at(schema, err["loc"][:-1]))
+            message = "unknown key" + (did_you_mean(key, keys) if isinstance(key, str) else "")
         elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            ctx = err.get("ctx") or {}
             key = str(ctx.get("discriminator", "kind")).strip("'")
             path += f".{key}" if path else key
-            tags = str(ctx.get("expected_tags", "")).split(", ")
+            tags = _quoted(str(ctx.get("expected_tags", "")))
             # Worded like pydantic's own error for a Literal field.
-            listed = f"{', '.join(tags[:-1])} or {tags[-1]}" if len(tags) > 1 else tags[0]
-            message = f"Input should be {listed}" if err["type"] == "union_tag_invalid" else "Field required"
+            message = f"Input should be {_listed(tags)}" if err["type"] == "union_tag_invalid" else "Field required"
+            if err["type"] == "union_tag_invalid" and isinstance(ctx.get("tag"), str):
+                message += did_you_mean(ctx["tag"], tags)
+        elif err["type"] == "literal_error" and isinstance(err["input"], str):
+            message += did_you_mean(err["input"], _quoted(str(ctx.get("expected", ""))))
+        elif err["type"] in _EXPECTED:
+            secret = _strip(_type_at(schema, err["loc"])) is SecretStr
+            message = f"expected {_EXPECTED[err['type']]}, got {_toml_value(err['input'], secret=secret)}"
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         problems.append(ConfigProblem(file=file, path=path, message=message))
     return problems
+
+
+# What a key of each type takes, by the pydantic error for a value of another type.
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "path_type": "a path (a string)",
+    "url_type": "a URL (a string)",
+}
+_SHOWN_CHARS = 40
+
+
+def _toml_value(value: object, *, secret: bool = False) -> str:
+    """A value as it is written in TOML, and its TOML type: ``true (a boolean)``, ``"502" (a string)``."""
+    if isinstance(value, bool):
+        written, kind = str(value).lower(), "a boolean"
+    elif isinstance(value, int):
+        written, kind = str(value), "an integer"
+    elif isinstance(value, float):
+        written = ("-inf" if value < 0 else "inf") if math.isinf(value) else "nan" if math.isnan(value) else repr(value)
+        kind = "a float"
+    elif isinstance(value, str):
+        shown = value if len(value) <= _SHOWN_CHARS else value[: _SHOWN_CHARS - 3] + "..."
+        written, kind = json.dumps(shown, ensure_ascii=False), "a string"
+    elif isinstance(value, list):
+        return "an array"
+    elif isinstance(value, dict):
+        return "a table"
+    elif isinstance(value, datetime.datetime):
+        written, kind = value.isoformat(), "a date-time"
+    elif isinstance(value, datetime.date):
+        written, kind = value.isoformat(), "a date"
+    elif isinstance(value, datetime.time):
+        written, kind = value.isoformat(), "a time"
+    else:
+        written, kind = repr(value), f"a {type(value).__name__}"
+    return kind if secret else f"{written} ({kind})"
+
+
+def _quoted(listed: str) -> list[str]:
+    """The choices in pydantic's ``'a', 'b' or 'c'``."""
+    return re.findall(r"'([^']*)'", listed)
+
+
+def _listed(choices: list[str]) -> str:
+    quoted = [f"'{c}'" for c in choices] or ["''"]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+
+
+def _strip(tp: object) -> object:
+    """The type under ``Annotated[...]`` and ``X | None``."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
+            rest = [a for a in get_args(tp) if a is not type(None)]
+            if len(rest) != 1:
+                return tp
+            tp = rest[0]
+        else:
+            return tp
+
+
+def _type_at(schema: object, loc: tuple[str | int, ...]) -> object:
+    """The type a pydantic error location points at inside ``schema`` (None where it cannot tell)."""
+    tp = schema
+    for part in loc:
+        tp = _strip(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
+            field = tp.model_fields.get(part)
+            tp = field.annotation if field is not None else None
+        elif get_origin(tp) is list and isinstance(part, int):
+            tp = get_args(tp)[0]
+        elif get_origin(tp) is dict and isinstance(part, str):
+            tp = get_args(tp)[1]
+        elif get_origin(tp) in (Union, types.UnionType) and isinstance(part, str):
+            # A discriminated union: the location names the member by its tag.
+            tp = next((m for m in map(_strip, get_args(tp)) if part in _tags(m)), None)
+        else:
+            return None
+    return tp
+
+
+def _tags(tp: object) -> tuple[object, ...]:
+    if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return ()
+    return tuple(v for k in _TAG_KEYS if k in tp.model_fields for v in get_args(tp.model_fields[k].annotation))
+
+
+def _fields_of(tp: object) -> list[str]:
+    tp = _strip(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
 
 
 def _child(node: object, part: str | int) -> object:
@@ -404,24 +559,34 @@ def read_toml(path: Path) -> dict[str, object]:
 
 
 def load_profile_file(path: Path) -> Profile:
-    """Load and validate one profile file."""
+    """Load and validate one profile file; every problem names this file and the key path in it."""
     data = read_toml(path)
     try:
         return _PROFILE.validate_python(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(str(path), exc, data=data)) from exc
+        raise ConfigError(format_validation_error(str(path), exc, data=data, schema=Profile)) from exc
 
 
-@cache
-def load_profile(name: str) -> Profile:
-    """Load a profile by name (its file name without ``.toml``), a site's own before a shipped one."""
+def profile_path(name: str) -> Path:
+    """The file of the profile ``name``, a site's own before a shipped one.
+
+    A name that is no profile is a ConfigError whose one problem (no file or key path:
+    the caller knows where the name was written) suggests the closest profile there is.
+    """
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError([ConfigProblem("", "", f"invalid profile name {name!r}")])
     for folder in profile_dirs():
         path = folder / f"{name}.toml"
         if path.is_file():
-            return load_profile_file(path)
-    raise ConfigError([ConfigProblem(str(drivers_dir() / f"{name}.toml"), "", f"no such profile {name!r}")])
+            return path
+    hint = did_you_mean(name, available_profiles()) or " (`edgeagent profiles` lists them)"
+    raise ConfigError([ConfigProblem("", "", f"no such profile {name!r}{hint}")])
+
+
+@cache
+def load_profile(name: str) -> Profile:
+    """Load a profile by name (its file name without ``.toml``), a site's own before a shipped one."""
+    return load_profile_file(profile_path(name))
 
 
 def available_profiles() -> list[str]:
