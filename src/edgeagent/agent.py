@@ -347,6 +347,9 @@ class Agent:
             log.warning("reload requested, but the agent was not started from a config file")
             return False
         self.notifier.reloading()
+        from edgeagent.profiles import load_profile
+
+        load_profile.cache_clear()  # a profile edited on disk is read again, as a restart would
         try:
             data = self.config_path.read_bytes()
             digest = config_hash(data)
