@@ -10,9 +10,10 @@ READY=1 and for the first answers its sensor gives after that, then reads VmRSS 
 /proc/PID/status ``--samples`` times, ``--every-s`` apart, and stops it with SIGTERM.
 
 A second run of the same site finds out what was imported, from outside the agent: a
-wrapper (``python -c``) runs ``edgeagent`` as ``-m`` would and writes ``sys.modules`` to
-a file at exit, so nothing in the agent knows it is measured. Modules imported lazily
-while running (an uplink's, say) are included, because the list is written at stop.
+wrapper (``python -c``, tests/moduledump.py) runs ``edgeagent`` as ``-m`` would and
+writes ``sys.modules`` to a file at exit, so nothing in the agent knows it is measured.
+Modules imported lazily while running (an uplink's, say) are included, because the
+list is written at stop.
 
 Sites (the simulators are those of ``edgeagent.sim``):
   serial-mqtt         a Vaisala PWD22 on a pty, an MQTT uplink to a real Mosquitto
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.agentproc import NotifySocket
 from tests.helpers import free_port
+from tests.moduledump import edgeagent_argv, read_modules
 
 from edgeagent.profiles import read_toml
 from edgeagent.sim.ingest import IngestServer
@@ -72,18 +74,6 @@ HEAVY = {
     "uplinks.http": "edgeagent.uplinks.http",
     "uplinks.mqtt": "edgeagent.uplinks.mqtt",
 }
-
-# Runs edgeagent exactly as ``python -m edgeagent`` does, and lists sys.modules at exit.
-MODULE_DUMP = (
-    "import atexit, runpy, sys\n"
-    "out = sys.argv.pop(1)\n"
-    "def dump():\n"
-    "    with open(out, 'w') as f:\n"
-    "        f.write('\\n'.join(sorted(sys.modules)))\n"
-    "atexit.register(dump)\n"
-    "sys.argv[0] = 'edgeagent'\n"
-    "runpy.run_module('edgeagent', run_name='__main__', alter_sys=True)\n"
-)
 
 
 @dataclass
@@ -240,10 +230,7 @@ async def measure(site: Site, folder: Path, *, dump_modules: bool, samples: int,
     config.write_text(to_toml(site.config))
     modules_file = folder / "modules.txt"
     run = ["run", "--config", str(config), "--log-level", "WARNING"]
-    if dump_modules:
-        argv = [sys.executable, "-c", MODULE_DUMP, str(modules_file), *run]
-    else:
-        argv = [sys.executable, "-m", "edgeagent", *run]
+    argv = edgeagent_argv(modules_file, *run) if dump_modules else [sys.executable, "-m", "edgeagent", *run]
     notify = NotifySocket(folder / f"notify-{dump_modules:d}.sock")
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
     env.pop("WATCHDOG_USEC", None)
@@ -273,7 +260,7 @@ async def measure(site: Site, folder: Path, *, dump_modules: bool, samples: int,
             proc.kill()
             await proc.wait()
         await notify.close()
-    modules = set(modules_file.read_text().split()) if dump_modules else None
+    modules = read_modules(modules_file) if dump_modules else None
     return Measurement(rss, hwm, ready_s, modules)
 
 

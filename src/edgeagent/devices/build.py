@@ -36,7 +36,6 @@ from edgeagent.profiles import (
     RadarProfile,
     RuuviProfile,
 )
-from edgeagent.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
 from edgeagent.transports.serial import SerialLine
 
 if TYPE_CHECKING:
@@ -206,6 +205,9 @@ def _modbus_poller(
     bus_live: BusLive | None,
     on_state: StateSink | None = None,
 ) -> BusPoller:
+    # Imported only for a site with a Modbus bus: pymodbus costs memory.
+    from edgeagent.transports.modbus import ModbusRtuTransport, ModbusTcpTransport
+
     bus_timeout_s = bus.timeout_ms / 1000
     devices = polled_devices(bus, configs, profiles)
     # The client's own timeout is the slowest device's; each request is held to its device's.

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgeagent.config import DeviceConfig
 from edgeagent.errors import DecodeError, InvalidWrite
@@ -26,7 +26,9 @@ from edgeagent.protocols.modbus import (
     encode_value,
     plan_reads,
 )
-from edgeagent.transports.modbus import ModbusTransport
+
+if TYPE_CHECKING:  # the device only holds it: a site without Modbus buses never loads pymodbus
+    from edgeagent.transports.modbus import ModbusTransport
 
 MAX_DECIMALS = 6
 _TRUE = frozenset({"1", "on", "true", "yes"})

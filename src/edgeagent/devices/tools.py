@@ -11,8 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-
-from bleak.backends.scanner import BaseBleakScanner
+from typing import TYPE_CHECKING
 
 from edgeagent.config import SiteConfig, profiles_for
 from edgeagent.devices.build import Runner, build_live, build_runners
@@ -29,10 +28,14 @@ from edgeagent.errors import (
 )
 from edgeagent.live import DeviceState, Live, PointValue
 from edgeagent.model import Reading
-from edgeagent.protocols import bthome, ruuvi
 from edgeagent.protocols.modbus import Function
-from edgeagent.transports.ble import Advertisement, BleScanner
-from edgeagent.transports.modbus import ModbusRtuTransport
+
+# A tool loads the stack of the bus it talks to when it runs: reading a serial sensor
+# needs neither pymodbus nor bleak.
+if TYPE_CHECKING:
+    from bleak.backends.scanner import BaseBleakScanner
+
+    from edgeagent.transports.ble import Advertisement
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,8 @@ async def scan_modbus(
 
     Raises DeviceUnreachable when the port cannot be opened.
     """
+    from edgeagent.transports.modbus import ModbusRtuTransport
+
     transport = ModbusRtuTransport(
         port, baudrate=baudrate, bytesize=bytesize, parity=parity, stopbits=stopbits, timeout_s=timeout_s
     )
@@ -96,6 +101,8 @@ class Advertiser:
 
 def describe_advertisement(adv: Advertisement) -> tuple[str, dict[str, object]]:
     """What kind of sender this is and its decoded values, as far as no key is needed."""
+    from edgeagent.protocols import bthome, ruuvi
+
     data = adv.service_data.get(bthome.SERVICE_UUID)
     if data is not None:
         try:
@@ -123,6 +130,8 @@ async def scan_ble(
     backend: type[BaseBleakScanner] | None = None,
 ) -> list[Advertiser]:
     """Listen for ``seconds``; every advertiser heard, strongest first. Raises DeviceUnreachable."""
+    from edgeagent.transports.ble import BleScanner
+
     heard: dict[str, Advertiser] = {}
 
     def on_advertisement(adv: Advertisement) -> None:

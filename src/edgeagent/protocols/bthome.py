@@ -29,11 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+from typing import TYPE_CHECKING
 
 from edgeagent.errors import DecodeError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 SERVICE_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 VERSION = 2
@@ -227,7 +228,7 @@ def decode(service_data: bytes, *, mac: str | None = None, key: bytes | None = N
     Encrypted packets need ``key`` and the sender's ``mac`` (unless the packet
     carries its MAC). There is no replay check here; see :class:`BTHomeDecryptor`.
     """
-    cipher = AESCCM(_check_key(key), tag_length=MIC_BYTES) if key is not None else None
+    cipher = _cipher(key) if key is not None else None
     return _decode(bytes(service_data), mac=_mac_bytes(mac) if mac else None, cipher=cipher)
 
 
@@ -241,7 +242,7 @@ class BTHomeDecryptor:
 
     def __init__(self, *, mac: str, key: bytes, last_counter: int | None = None) -> None:
         self._mac = _mac_bytes(mac)
-        self._cipher = AESCCM(_check_key(key), tag_length=MIC_BYTES)
+        self._cipher = _cipher(key)
         self._last_counter = last_counter
 
     @property
@@ -288,7 +289,7 @@ def encode_encrypted(
     info = (VERSION << 5) | _FLAG_ENCRYPTED | (_FLAG_TRIGGER_BASED if trigger_based else 0)
     counter_bytes = counter.to_bytes(COUNTER_BYTES, "little")
     nonce = _mac_bytes(mac) + _UUID_LE + bytes([info]) + counter_bytes
-    sealed = AESCCM(_check_key(key), tag_length=MIC_BYTES).encrypt(nonce, _encode_objects(objects, packet_id), None)
+    sealed = _cipher(key).encrypt(nonce, _encode_objects(objects, packet_id), None)
     ciphertext, mic = sealed[:-MIC_BYTES], sealed[-MIC_BYTES:]
     return bytes([info]) + ciphertext + counter_bytes + mic
 
@@ -319,6 +320,8 @@ def _decode(data: bytes, *, mac: bytes | None, cipher: AESCCM | None) -> BTHomeP
         counter_bytes = body[-COUNTER_BYTES - MIC_BYTES : -MIC_BYTES]
         mic = body[-MIC_BYTES:]
         nonce = nonce_mac + _UUID_LE + bytes([info]) + counter_bytes
+        from cryptography.exceptions import InvalidTag
+
         try:
             body = cipher.decrypt(nonce, ciphertext + mic, None)
         except InvalidTag as exc:
@@ -420,6 +423,13 @@ def _encode_value(object_id: int, kind: _ObjectType, value: Value) -> bytes:
         return number.to_bytes(kind.size, "little", signed=kind.signed)
     except OverflowError as exc:
         raise ValueError(f"{value!r} does not fit object 0x{object_id:02X}") from exc
+
+
+def _cipher(key: bytes | None) -> AESCCM:
+    """AES-CCM for this key; cryptography is imported only where a key is (plain sensors never need it)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+    return AESCCM(_check_key(key), tag_length=MIC_BYTES)
 
 
 def _check_key(key: bytes | None) -> bytes:

@@ -39,6 +39,7 @@ from edgeagent.errors import DeviceException, DeviceTimeout, DeviceUnreachable
 from edgeagent.protocols.modbus import Function
 from edgeagent.protocols.modbus_rtu import bits_per_char, frame_gap_s
 from edgeagent.transports._gate import ReopenGate
+from edgeagent.transports.serial import describe_serial_error
 
 if TYPE_CHECKING:
     from pymodbus.client.base import ModbusBaseClient
@@ -312,15 +313,3 @@ def serial_open_error(port: str, **settings: object) -> str:
         return describe_serial_error(exc)
     probe.close()
     return "opened, but the Modbus client could not use it"
-
-
-def describe_serial_error(exc: BaseException) -> str:
-    """A serial error as a technician wants to read it."""
-    text = str(exc)
-    if isinstance(exc, termios.error) and exc.args:
-        text = f"[Errno {exc.args[0]}] {exc.args[-1]}"
-    if "Invalid argument" in text:
-        return f"{text} (the port refuses these settings; a pty accepts only 8N1)"
-    if "Could not exclusively lock" in text or "Resource temporarily unavailable" in text:
-        return f"{text} (another program holds the port)"
-    return text or type(exc).__name__

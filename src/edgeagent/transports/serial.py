@@ -22,7 +22,6 @@ import serial
 
 from edgeagent.errors import DeviceTimeout, DeviceUnreachable
 from edgeagent.transports._gate import ReopenGate
-from edgeagent.transports.modbus import describe_serial_error
 
 DEFAULT_MAX_BUFFER_BYTES = 256 * 1024
 """A reader that falls behind keeps at most this much; older bytes are dropped (and counted)."""
@@ -159,3 +158,15 @@ class SerialLine:
     async def close(self) -> None:
         self._close_port()
         self._buffer.clear()
+
+
+def describe_serial_error(exc: BaseException) -> str:
+    """A serial error as a technician wants to read it."""
+    text = str(exc)
+    if isinstance(exc, termios.error) and exc.args:
+        text = f"[Errno {exc.args[0]}] {exc.args[-1]}"
+    if "Invalid argument" in text:
+        return f"{text} (the port refuses these settings; a pty accepts only 8N1)"
+    if "Could not exclusively lock" in text or "Resource temporarily unavailable" in text:
+        return f"{text} (another program holds the port)"
+    return text or type(exc).__name__

@@ -23,6 +23,7 @@ from edgeagent.errors import UplinkRejected, UplinkRetryLater
 from edgeagent.preflight import read_secret
 from edgeagent.store import Batch
 from edgeagent.sync.senml import CONTENT_TYPE
+from edgeagent.uplinks.common import idempotency_key
 
 # A receiver's Retry-After is honoured up to this: data (alarms too) never waits longer on its word.
 MAX_RETRY_AFTER_S = 600.0
@@ -70,11 +71,6 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def idempotency_key(gateway_id: str, batch: Batch) -> str:
-    """(gateway, buffer, first seq, last seq): the same batch sent twice has the same key."""
-    return f"{gateway_id}:{batch.buffer_id}:{batch.first_seq}-{batch.last_seq}"
 
 
 class HttpUplink:

@@ -56,7 +56,7 @@ from edgeagent.errors import UplinkRejected, UplinkRetryLater
 from edgeagent.preflight import mqtt_tls_context, read_secret
 from edgeagent.store import Batch
 from edgeagent.sync.senml import CONTENT_TYPE
-from edgeagent.uplinks.http import idempotency_key
+from edgeagent.uplinks.common import idempotency_key
 
 log = logging.getLogger(__name__)
 
