@@ -267,7 +267,7 @@ def test_unit_file_verifies_and_scores_on_the_host(tmp_path: Path, figures: list
     root = tmp_path / "root"
     shutil.copytree("/lib/systemd/system", root / "lib/systemd/system", symlinks=True)
     shutil.copy(REPO / "packaging" / "edgeagent.service", root / "lib/systemd/system" / UNIT)
-    for command in ("opt/edgeagent/venv/bin/edgeagent", "bin/kill"):  # ExecStart=, ExecReload=
+    for command in ("opt/edgeagent/venv/bin/edgeagent", "bin/sh"):  # ExecStart=, ExecReload=
         exe = root / command
         exe.parent.mkdir(parents=True, exist_ok=True)
         exe.write_text("#!/bin/sh\n")
