@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgeagent import doctor
+from edgeagent.clock import PLAUSIBLE_FROM, kernel_synchronized
 from edgeagent.doctor import (
     UNIT_DEVICE_GROUPS,
     UNIT_STATE_DIR,
@@ -35,12 +36,12 @@ from edgeagent.doctor import (
     check_clock,
     check_serial_ports,
     check_store,
-    clock_synchronised,
     diagnose,
     serial_ports,
 )
 from edgeagent.sim.ingest import IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
+from tests.faketime import FakeClock
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = Identity("nobody", 65534, frozenset({65534}))
@@ -260,12 +261,49 @@ def test_free_space_is_reported(tmp_path: Path) -> None:
     assert _only(checks, "free space").detail.endswith("GiB")
 
 
-def test_clock() -> None:
+def test_clock_is_judged_plausible_then_synchronised() -> None:
     now = time.time()
-    assert check_clock(now=0.0, synced=True)[0].status is Status.FAIL
-    assert check_clock(now=now, synced=False)[0].status is Status.WARN
-    assert check_clock(now=now, synced=True)[0].status is Status.OK
-    assert clock_synchronised() in (True, False, None)
+    # Not set (1970, or anything before the agent's floor) fails, synchronised or not.
+    for wrong in (600.0, PLAUSIBLE_FROM - 1):
+        [unset] = check_clock(now=wrong, synced=True)
+        assert unset.status is Status.FAIL and "not set" in unset.detail
+    # Plausible but not kept by NTP, or not known to be, is a warning with the fix.
+    for synced in (False, None):
+        [drifting] = check_clock(now=now, synced=synced)
+        assert drifting.status is Status.WARN
+        assert drifting.fix.startswith("timedatectl set-ntp true")
+        assert "systemd-timesyncd" in drifting.fix and "chrony" in drifting.fix
+    [good] = check_clock(now=now, synced=True)
+    assert (good.status, good.detail.endswith("synchronised by NTP")) == (Status.OK, True)
+    assert kernel_synchronized() in (True, False, None)
+
+
+def _clock_line(stdout: str) -> str:
+    [line] = [line for line in stdout.splitlines() if line[5:].startswith("clock: ")]
+    return line
+
+
+def test_doctor_on_a_gateway_still_in_1970_fails_the_clock_and_says_how_to_fix_it(
+    tmp_path: Path, closed_port: int
+) -> None:
+    clock = FakeClock(tmp_path)
+    clock.set_1970()
+    config = tmp_path / "site.toml"
+    url = f"http://127.0.0.1:{closed_port}/ingest"
+    config.write_text(_site_toml(state_dir=str(tmp_path / "state"), bus_port=closed_port, url=url))
+    command = [sys.executable, "-m", "edgeagent", "doctor", "--config", str(config)]
+    env = {**os.environ, **clock.env()}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    line = _clock_line(done.stdout)
+    assert re.match(r"FAIL clock: says 1970-01-01 00:1\d:\d\d UTC, not set: ", line), line
+    assert line.endswith("fix: " + doctor.CLOCK_FIX), line
+
+    clock.right()  # NTP answered: whether it keeps the clock is the kernel's word
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    line = _clock_line(done.stdout)
+    synced = kernel_synchronized()
+    assert line.startswith("OK   clock: " if synced else "WARN clock: "), line
+    assert "not set" not in line and ("fix: timedatectl set-ntp true" in line) is not synced, line
 
 
 def test_unit_file_and_doctor_agree() -> None:

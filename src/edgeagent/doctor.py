@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import enum
 import grp
 import gzip
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edgeagent.clock import kernel_synchronized, plausible
 from edgeagent.config import HttpUplinkConfig, ModbusTcpBus, MqttUplinkConfig, SiteConfig, load_config
 from edgeagent.errors import ConfigError
 from edgeagent.sync.senml import CONTENT_TYPE
@@ -56,11 +55,10 @@ BLUEZ_POLICY_DIRS = (Path("/etc/dbus-1/system.d"), Path("/usr/share/dbus-1/syste
 NET_TIMEOUT_S = 3.0
 FREE_FAIL_BYTES = 64 * 2**20
 FREE_WARN_BYTES = 512 * 2**20
-# A clock before this is certainly wrong (no RTC, no NTP yet): TLS and timestamps break.
-PLAUSIBLE_AFTER = time.mktime((2025, 1, 1, 0, 0, 0, 0, 0, -1))
-# As systemd's NTPSynchronized: kernel not flagged unsynchronised and max error under 16 s.
-STA_UNSYNC = 0x0040
-MAX_SYNCED_ERROR_US = 16_000_000
+CLOCK_FIX = (
+    "timedatectl set-ntp true, then check the time service: "
+    "systemctl status systemd-timesyncd (or chronyc tracking where chrony is installed)"
+)
 
 
 class Status(enum.Enum):
@@ -506,43 +504,24 @@ def _check_free_space(folder: Path) -> Check:
 # --- clock ---------------------------------------------------------------------------
 
 
-class _Timex(ctypes.Structure):
-    # The leading fields of struct timex; the padding covers the rest on 32- and 64-bit.
-    _fields_ = [
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("_rest", ctypes.c_byte * 256),
-    ]
-
-
-def clock_synchronised() -> bool | None:
-    """The kernel's NTP state as systemd reads it (adjtimex, read-only); None when unknown."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    tx = _Timex()
-    if libc.adjtimex(ctypes.byref(tx)) < 0:
-        return None
-    return not tx.status & STA_UNSYNC and tx.maxerror < MAX_SYNCED_ERROR_US
-
-
 def check_clock(now: float | None = None, synced: bool | None = None) -> list[Check]:
+    """Is the clock plausible (the agent's own floor) and kept by NTP (as timedatectl reads it)?
+
+    An unset clock fails: TLS certificates are not yet valid, and the agent times readings
+    from the boot until it is set. Not synchronised is a warning: the agent works, but a
+    free-running clock drifts and may be stepped later.
+    """
     now = time.time() if now is None else now
-    synced = clock_synchronised() if synced is None else synced
+    synced = kernel_synchronized() if synced is None else synced
     shown = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
-    fix = "timedatectl set-ntp true (systemd-timesyncd), or install chrony"
-    if now < PLAUSIBLE_AFTER:
-        return [_fail("clock", f"says {shown}: readings get wrong timestamps and TLS fails", fix)]
+    if not plausible(now):
+        detail = f"says {shown}, not set: TLS fails, and readings carry times since boot until it is"
+        return [_fail("clock", detail, CLOCK_FIX)]
     if synced is None:
-        return [_warn("clock", f"{shown}; cannot tell whether it is synchronised", "timedatectl status")]
+        return [_warn("clock", f"{shown}; cannot tell whether NTP keeps it (adjtimex failed)", CLOCK_FIX)]
     if not synced:
-        return [_warn("clock", f"{shown}, not synchronised: timestamps drift", fix)]
-    return [_ok("clock", f"{shown}, synchronised")]
+        return [_warn("clock", f"{shown}, plausible but not synchronised by NTP: it drifts", CLOCK_FIX)]
+    return [_ok("clock", f"{shown}, synchronised by NTP")]
 
 
 # --- network -------------------------------------------------------------------------
@@ -880,6 +859,51 @@ async def check_uplink(up: Any, gateway_id: str, who: Identity, timeout_s: float
     return [_warn(f"upstream {up.name}", f"the doctor cannot check kind {kind!r} yet", "check it by hand")]
 
 
+# --- the status page ------------------------------------------------------------------
+
+
+def check_status_page(site: SiteConfig, config_path: Path) -> list[Check]:
+    """How the page is reached (certificate fingerprint, or a plain-HTTP warning) and whether anyone can log in."""
+    from edgeagent.web.auth import read_users, users_path
+    from edgeagent.web.tls import certificate_paths, fingerprint, plain_off_loopback, wants_tls
+
+    web = site.web
+    if not web.enabled:
+        return []
+    subject = f"status page on {web.host}:{web.port}"
+    checks = []
+    if wants_tls(web):
+        cert, _ = certificate_paths(web, site.gateway.state_dir)
+        try:
+            checks.append(_ok(subject, f"HTTPS; certificate SHA-256 fingerprint {fingerprint(cert)}"))
+        except (OSError, ValueError):
+            made = "the agent generates a self-signed one at its first start" if web.tls_cert_file is None else ""
+            detail = f"HTTPS, but no certificate at {cert} yet{': ' + made if made else ''}"
+            checks.append(_warn(subject, detail, "start the agent once, then run edgeagent doctor again"))
+    elif plain_off_loopback(web):
+        checks.append(
+            _warn(
+                subject,
+                "plain HTTP off loopback (plain_http_off_loopback = true): passwords and sessions cross the "
+                "network readable by anyone on it",
+                "drop plain_http_off_loopback (a certificate is then generated), or set tls_cert_file and tls_key_file",
+            )
+        )
+    else:
+        checks.append(_ok(subject, "plain HTTP on loopback only"))
+    users_file = users_path(web.users_file, site.gateway.state_dir)
+    try:
+        users = read_users(users_file)
+    except OSError as exc:
+        return [*checks, _fail("status page users", f"cannot read {users_file}: {exc.strerror}", "check its owner")]
+    if users:
+        checks.append(_ok("status page users", f"{len(users)} in {users_file}"))
+    else:
+        fix = f"edgeagent passwd --config {config_path} NAME --role technician"
+        checks.append(_warn("status page users", "no user can log in yet", fix))
+    return checks
+
+
 # --- the whole run ----------------------------------------------------------------------
 
 
@@ -915,6 +939,7 @@ async def diagnose(
     report(await check_bluetooth(who, timeout_s, needed=bool(ble_buses), adapters=wanted))
     if site is not None:
         report(check_store(site.gateway.state_dir, who))
+        report(check_status_page(site, path))
     report(check_clock())
     if site is not None:
         jobs: list[Awaitable[list[Check]]] = [
