@@ -12,6 +12,10 @@ from typing import Any
 
 import aiohttp
 
+# The status page's bearer token in the configs site_toml writes.
+TEST_API_TOKEN = "test-api-token-0123456789abcdef"
+API_AUTH = {"Authorization": f"Bearer {TEST_API_TOKEN}"}
+
 
 def site_toml(
     *,
@@ -28,8 +32,19 @@ def site_toml(
     unit_ids: tuple[int, ...] = (1,),
     device_tags: dict[int, list[str]] | None = None,
     extra: str = "",
+    web_extra: str = "",
 ) -> str:
-    """A complete site config as TOML text, for one bus of water-level sensors."""
+    """A complete site config as TOML text, for one bus of water-level sensors.
+
+    The status page reads its API token from a file written beside ``state_dir``
+    (``TEST_API_TOKEN``, which ``api_status`` sends).
+    """
+    token_line = ""
+    if state_dir.is_absolute():  # a relative one is relative to a config folder not known here
+        token_file = state_dir.with_name(state_dir.name + ".api-token")
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(TEST_API_TOKEN + "\n")
+        token_line = f'api_token_file = "{token_file}"'
     devices = "".join(
         f"""
 [[devices]]
@@ -57,6 +72,8 @@ commit_max_readings = 1000
 
 [web]
 port = {web_port}
+{token_line}
+{web_extra}
 
 [[buses]]
 name = "flood"
@@ -96,8 +113,11 @@ def free_port() -> int:
 
 
 async def api_status(port: int) -> dict[str, Any]:
-    """The agent's /api/status, as a phone would fetch it."""
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/api/status") as resp:
+    """The agent's /api/status, as a monitoring script would fetch it (with the API token)."""
+    async with (
+        aiohttp.ClientSession(headers=API_AUTH) as http,
+        http.get(f"http://127.0.0.1:{port}/api/status") as resp,
+    ):
         data: dict[str, Any] = await resp.json()
         return data
 

@@ -13,7 +13,7 @@ from edgeagent.agent import Agent
 from edgeagent.config import load_config
 from edgeagent.sim.ingest import Fault, IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
-from tests.helpers import site_toml, wait_until
+from tests.helpers import API_AUTH, site_toml, wait_until
 
 
 @contextlib.asynccontextmanager
@@ -65,13 +65,16 @@ async def test_status_api_reports_device_store_and_uplink(
 ) -> None:
     async with running_agent(tmp_path, modbus_port=sensor.port, ingest_url=ingest.url) as agent:
         await wait_until(lambda: len(ingest.records) >= 5, 10, "first readings upstream")
-        async with aiohttp.ClientSession() as http, http.get(f"{agent.web_url}api/status") as resp:
+        async with (
+            aiohttp.ClientSession(headers=API_AUTH) as http,
+            http.get(f"{agent.web_url}api/status") as resp,
+        ):
             assert resp.status == 200
             status = await resp.json()
-        async with aiohttp.ClientSession() as http, http.get(agent.web_url) as resp:
+        async with aiohttp.ClientSession() as http, http.get(f"{agent.web_url}login") as resp:
             page = await resp.text()
             assert resp.headers["Content-Security-Policy"].startswith("default-src 'self'")
-    assert "<title>edgeagent status</title>" in page
+    assert "<title>edgeagent · log in</title>" in page
     assert status["gateway"]["id"] == "gw-test"
     (device,) = status["devices"]
     assert device["id"] == "wl-01" and device["state"] == "online"

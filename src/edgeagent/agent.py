@@ -313,17 +313,9 @@ class Agent:
         return WebUnit(self._serve_web, site.web)
 
     async def _serve_web(self) -> web.AppRunner:
-        from edgeagent.web.app import make_app, status_builder
-        from edgeagent.web.server import serve_status_page
+        from edgeagent.web.serve import serve_page
 
-        cfg = self.site.web
-        store = self.store
-        assert store is not None
-        app = make_app(status_builder(self.live, store, self.config), allowed_hosts=cfg.allowed_hosts)
-        runner = await serve_status_page(app, cfg, shutdown_timeout_s=WEB_SHUTDOWN_S)
-        host, port = runner.addresses[0][:2]
-        shown = f"[{host}]" if ":" in host else host
-        self.web_url = f"http://{shown}:{port}/"
+        runner, self.web_url = await serve_page(self, shutdown_timeout_s=WEB_SHUTDOWN_S)
         return runner
 
     # -- reload --------------------------------------------------------------------------

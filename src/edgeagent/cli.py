@@ -278,6 +278,38 @@ def format_ble_scan(heard: Sequence[Advertiser]) -> str:
     return "\n".join(lines)
 
 
+def _cmd_passwd(args: argparse.Namespace) -> int:
+    """Set a status page user's password: asked twice on a terminal, else one line read from stdin."""
+    import getpass
+
+    from edgeagent.web.auth import set_password, users_path
+
+    site = _load_site(args.config)
+    if site is None:
+        return EXIT_CONFIG
+    path = users_path(site.web.users_file, site.gateway.state_dir)
+    if not path.parent.is_dir():
+        print(f"{path.parent} does not exist: start the agent once (it makes it), or create it", file=sys.stderr)
+        return EXIT_FAILURE
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"new password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("the two passwords differ; nothing changed", file=sys.stderr)
+            return EXIT_CONFIG
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        new = set_password(path, args.user, password, args.role)
+    except ValueError as exc:
+        print(f"{exc}; nothing changed", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{'added' if new else 'changed the password of'} {args.user} ({args.role}) in {path}")
+    return EXIT_OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from edgeagent.doctor import run_doctor
 
@@ -311,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check what commonly goes wrong at install time, with fixes")
     p.add_argument("--config", default="/etc/edgeagent/edgeagent.toml")
     p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("passwd", help="set a status page user's password (from stdin when it is not a terminal)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--role", choices=["viewer", "technician"], default="viewer")
+    p.add_argument("user")
+    p.set_defaults(func=_cmd_passwd)
 
     p = sub.add_parser("read", help="poll one device once and print its values with units")
     p.add_argument("--config", required=True)

@@ -145,6 +145,27 @@ class WebConfig(_Strict):
     allowed_hosts: list[str] = Field(
         default_factory=list, description="names the page answers to besides IP addresses and localhost"
     )
+    # Who may see the page, and how it is reached (web/auth.py, web/tls.py).
+    tls_cert_file: ConfigPath | None = Field(default=None, description="PEM certificate; default: generated")
+    tls_key_file: ConfigPath | None = Field(default=None, description="PEM private key of tls_cert_file")
+    plain_http_off_loopback: bool = Field(default=False, description="serve plain HTTP on a non-loopback address")
+    users_file: ConfigPath | None = Field(default=None, description="default: web-users in state_dir")
+    api_token_file: ConfigPath | None = Field(default=None, description="bearer token for /api and /metrics")
+    metrics_auth: Literal["token", "none"] = "token"
+    session_idle_s: float = Field(default=1800.0, ge=60, le=7 * 86400)
+    session_max_s: float = Field(default=12 * 3600.0, ge=60, le=30 * 86400)
+    login_failures_per_minute: int = Field(default=5, ge=1, le=1000)
+    login_pause_s: float = Field(default=30.0, gt=0, le=3600, description="first pause; doubles, capped at 15 min")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_cert_file is not None and self.plain_http_off_loopback:
+            raise ValueError("plain_http_off_loopback contradicts tls_cert_file: choose one")
+        if self.session_max_s < self.session_idle_s:
+            raise ValueError("session_max_s must be >= session_idle_s")
+        return self
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -554,7 +575,11 @@ def _resolve_paths(site: SiteConfig, base: Path, file: str) -> SiteConfig:
         d.model_copy(update={"key_file": (base / d.key_file).resolve()}) if d.key_file is not None else d
         for d in site.devices
     ]
-    resolved = site.model_copy(update={"gateway": gateway, "uplinks": uplinks, "devices": devices})
+    web_files = ("tls_cert_file", "tls_key_file", "users_file", "api_token_file")
+    web = site.web.model_copy(
+        update={k: (base / getattr(site.web, k)).resolve() for k in web_files if getattr(site.web, k) is not None}
+    )
+    resolved = site.model_copy(update={"gateway": gateway, "uplinks": uplinks, "devices": devices, "web": web})
     resolved._file = file
     for section, parts in (("uplinks", uplinks), ("devices", devices)):
         for i, part in enumerate(parts):

@@ -859,6 +859,51 @@ async def check_uplink(up: Any, gateway_id: str, who: Identity, timeout_s: float
     return [_warn(f"upstream {up.name}", f"the doctor cannot check kind {kind!r} yet", "check it by hand")]
 
 
+# --- the status page ------------------------------------------------------------------
+
+
+def check_status_page(site: SiteConfig, config_path: Path) -> list[Check]:
+    """How the page is reached (certificate fingerprint, or a plain-HTTP warning) and whether anyone can log in."""
+    from edgeagent.web.auth import read_users, users_path
+    from edgeagent.web.tls import certificate_paths, fingerprint, plain_off_loopback, wants_tls
+
+    web = site.web
+    if not web.enabled:
+        return []
+    subject = f"status page on {web.host}:{web.port}"
+    checks = []
+    if wants_tls(web):
+        cert, _ = certificate_paths(web, site.gateway.state_dir)
+        try:
+            checks.append(_ok(subject, f"HTTPS; certificate SHA-256 fingerprint {fingerprint(cert)}"))
+        except (OSError, ValueError):
+            made = "the agent generates a self-signed one at its first start" if web.tls_cert_file is None else ""
+            detail = f"HTTPS, but no certificate at {cert} yet{': ' + made if made else ''}"
+            checks.append(_warn(subject, detail, "start the agent once, then run edgeagent doctor again"))
+    elif plain_off_loopback(web):
+        checks.append(
+            _warn(
+                subject,
+                "plain HTTP off loopback (plain_http_off_loopback = true): passwords and sessions cross the "
+                "network readable by anyone on it",
+                "drop plain_http_off_loopback (a certificate is then generated), or set tls_cert_file and tls_key_file",
+            )
+        )
+    else:
+        checks.append(_ok(subject, "plain HTTP on loopback only"))
+    users_file = users_path(web.users_file, site.gateway.state_dir)
+    try:
+        users = read_users(users_file)
+    except OSError as exc:
+        return [*checks, _fail("status page users", f"cannot read {users_file}: {exc.strerror}", "check its owner")]
+    if users:
+        checks.append(_ok("status page users", f"{len(users)} in {users_file}"))
+    else:
+        fix = f"edgeagent passwd --config {config_path} NAME --role technician"
+        checks.append(_warn("status page users", "no user can log in yet", fix))
+    return checks
+
+
 # --- the whole run ----------------------------------------------------------------------
 
 
@@ -894,6 +939,7 @@ async def diagnose(
     report(await check_bluetooth(who, timeout_s, needed=bool(ble_buses), adapters=wanted))
     if site is not None:
         report(check_store(site.gateway.state_dir, who))
+        report(check_status_page(site, path))
     report(check_clock())
     if site is not None:
         jobs: list[Awaitable[list[Check]]] = [

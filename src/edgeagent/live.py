@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,6 +52,13 @@ class DeviceLive:
     rejected: int = 0  # packets refused: wrong key, corrupt, plain from a keyed device
     replayed: int = 0  # packets with an old counter that were not plain repeats
     rssi_dbm: int | None = None
+    fault_points: frozenset[str] = frozenset()  # points whose set value is a fault (the profile says)
+    errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
+    # The last transaction's raw frames, (ts, "tx" | "rx", hex), where the transport can tell.
+    frames: list[tuple[float, str, str]] = field(default_factory=list)
+
+
+RECENT_ERRORS = 10
 
 
 @dataclass(slots=True)
@@ -105,6 +113,8 @@ class Alarm:
     raised_ts: float
     cleared_ts: float | None = None
     times: int = 1
+    acked_by: str | None = None  # who acknowledged this raising of it (a new raising asks again)
+    acked_ts: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -115,6 +125,8 @@ class Alarm:
             "ts": self.raised_ts,
             "cleared_ts": self.cleared_ts,
             "times": self.times,
+            "acked_by": self.acked_by,
+            "acked_ts": self.acked_ts,
         }
 
 
@@ -138,6 +150,7 @@ class AlarmBook:
         else:
             alarm.times += 1
             alarm.message, alarm.active, alarm.raised_ts, alarm.cleared_ts = message, True, now, None
+            alarm.acked_by = alarm.acked_ts = None
         self._entries[(source, kind)] = alarm
         while len(self._entries) > self.limit:
             cleared = next((k for k, a in self._entries.items() if not a.active), None)
@@ -148,6 +161,13 @@ class AlarmBook:
         alarm = self._entries.get((source, kind))
         if alarm is not None and alarm.active:
             alarm.active, alarm.cleared_ts = False, time.time() if ts is None else ts
+        return alarm
+
+    def acknowledge(self, source: str, kind: str, user: str, ts: float | None = None) -> Alarm | None:
+        """Someone has seen it: recorded until the alarm is raised again. None if there is no such alarm."""
+        alarm = self._entries.get((source, kind))
+        if alarm is not None:
+            alarm.acked_by, alarm.acked_ts = user, time.time() if ts is None else ts
         return alarm
 
     def active(self) -> list[Alarm]:

@@ -47,6 +47,12 @@ def check_site(site: SiteConfig) -> None:
     for dev in site.devices:
         if dev.key_file is not None:
             problems += _problems_of(bthome_key, dev)
+    if site.fleet is not None:
+        from edgeagent.fleet.compose import fleet_problems  # the trust file and the fleet channels' files
+
+        problems += fleet_problems(site.fleet)
+    if site.web.enabled:
+        problems += _page_problems(site)
     if problems:
         raise ConfigError(problems)
 
@@ -92,6 +98,35 @@ def read_secret(part: Located, key: str) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         raise refuse(f"{what} {path} holds control characters")
     return text
+
+
+class _WebPart:
+    """The ``[web]`` table as ``read_secret`` takes a part: its file keys, and problems under ``web.``."""
+
+    def __init__(self, site: SiteConfig) -> None:
+        self._site = site
+        self.api_token_file = site.web.api_token_file
+
+    def problem(self, key: str, message: str) -> ConfigProblem:
+        return self._site.problem(f"web.{key}", message)
+
+
+def web_api_token(site: SiteConfig) -> str | None:
+    """The bearer token for the page's API and ``/metrics``, from ``web.api_token_file``."""
+    if site.web.api_token_file is None:
+        return None
+    return read_secret(_WebPart(site), "api_token_file")  # type: ignore[arg-type]
+
+
+def _page_problems(site: SiteConfig) -> list[ConfigProblem]:
+    from edgeagent.web.tls import tls_problems
+
+    part = _WebPart(site)
+    problems = _problems_of(web_api_token, site) + tls_problems(site.web, part.problem)
+    users = site.web.users_file
+    if users is not None and users.exists() and not os.access(users, os.R_OK):
+        problems.append(part.problem("users_file", f"{users} is not readable by this user"))
+    return problems
 
 
 def bthome_key(dev: DeviceConfig) -> bytes | None:
@@ -225,4 +260,4 @@ def _web_problems(site: SiteConfig) -> list[ConfigProblem]:
     return []
 
 
-__all__ = ["bthome_key", "check_site", "mqtt_tls_context", "read_secret"]
+__all__ = ["bthome_key", "check_site", "mqtt_tls_context", "read_secret", "web_api_token"]

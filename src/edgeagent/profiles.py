@@ -167,6 +167,9 @@ class RegisterPoint(_Strict):
     writable: bool = False
     write_min: float | None = None
     write_max: float | None = None
+    label: str = Field(default="", max_length=48, description="the point's name for people")
+    precision: int | None = Field(default=None, ge=0, le=6, description="decimals shown")
+    fault: bool = Field(default=False, description="a set value is a fault: it degrades the device")
 
     @model_validator(mode="before")
     @classmethod
@@ -276,6 +279,9 @@ class FieldPoint(_Strict):
     description: str = ""
     scale: float = 1.0
     offset: float = 0.0
+    label: str = Field(default="", max_length=48, description="the point's name for people")
+    precision: int | None = Field(default=None, ge=0, le=6, description="decimals shown")
+    fault: bool = Field(default=False, description="a set value is a fault: it degrades the device")
 
 
 def _fields_known(points: list[FieldPoint], known: frozenset[str], what: str) -> None:

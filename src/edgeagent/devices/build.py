@@ -87,6 +87,7 @@ def device_live_of(dev: DeviceConfig, profile: Profile) -> DeviceLive:
         asset=asset,
         protocol=profile.protocol,
         address=device_address(dev, profile),
+        fault_points=frozenset(p.name for p in profile.points if p.fault),
     )
 
 

@@ -37,19 +37,13 @@ class Health:
         return self.live.state == DeviceState.OFFLINE
 
     def succeeded(self, readings: Sequence[Reading], labels: Mapping[str, str] | None = None) -> None:
-        """A poll (or an accepted frame or advertisement) brought these readings."""
+        """A poll (or an accepted frame or advertisement) brought these readings.
+
+        A point the profile marks as a fault (a lamp failure, an open door) that is set
+        keeps the device degraded, with the fault as the reason, though it answers.
+        """
         live = self.live
         now = time.time()
-        if live.state != DeviceState.ONLINE:
-            previous = live.state
-            if previous in (DeviceState.OFFLINE, DeviceState.DEGRADED):
-                log.info("device %s is back online (was %s: %s)", live.id, previous.value, live.reason)
-            live.state, live.reason, live.state_since = DeviceState.ONLINE, "", now
-            if self.on_state is not None:
-                self.on_state(live.id, DeviceState.ONLINE.value, previous.value, "")
-        live.last_ok_ts = now
-        live.polls_ok += 1
-        self.failures = 0
         points = live.points
         for r in readings:
             label = labels.get(r.point) if labels else None
@@ -58,11 +52,27 @@ class Health:
                 points[r.point] = PointValue(r.value, r.unit, r.ts, r.quality, label)
             else:
                 pv.value, pv.unit, pv.ts, pv.quality, pv.label = r.value, r.unit, r.ts, r.quality, label
+        live.last_ok_ts = now
+        live.polls_ok += 1
+        self.failures = 0
+        faults = sorted(name for name in live.fault_points if _is_set(points.get(name)))
+        state, reason = (DeviceState.DEGRADED, f"fault: {', '.join(faults)}") if faults else (DeviceState.ONLINE, "")
+        previous = live.state
+        if state != previous:
+            if faults:
+                log.warning("device %s reports a fault: %s", live.id, ", ".join(faults))
+            elif previous in (DeviceState.OFFLINE, DeviceState.DEGRADED):
+                log.info("device %s is back online (was %s: %s)", live.id, previous.value, live.reason)
+            live.state_since = now
+        live.state, live.reason = state, reason
+        if state != previous and self.on_state is not None:
+            self.on_state(live.id, state.value, previous.value, reason)
 
     def failed(self, reason: str) -> DeviceState:
         """A poll failed: degraded now, offline once failures in a row reach the limit."""
         self.failures += 1
         self.live.polls_failed += 1
+        self.live.errors.append((time.time(), reason))
         new_state = DeviceState.OFFLINE if self.failures >= self.offline_after else DeviceState.DEGRADED
         self._set(new_state, reason)
         return new_state
@@ -70,6 +80,7 @@ class Health:
     def went_offline(self, reason: str) -> None:
         """Offline at once: the device fell silent past its limit, or its bus cannot be reached."""
         self.failures = max(self.failures, self.offline_after)
+        self.live.errors.append((time.time(), reason))
         self._set(DeviceState.OFFLINE, reason)
 
     def _set(self, state: DeviceState, reason: str) -> None:
@@ -86,3 +97,7 @@ class Health:
         live.state, live.reason = state, reason
         if state != previous and self.on_state is not None:
             self.on_state(live.id, state.value, previous.value, reason)
+
+
+def _is_set(pv: PointValue | None) -> bool:
+    return pv is not None and isinstance(pv.value, int | float) and pv.value != 0

@@ -131,6 +131,7 @@ class BusPoller:
         self._by_id = {s.device.id: s for s in self._schedules}
         self._on_state = on_state
         self._writes: deque[_WriteJob] = deque()
+        self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}  # device -> poll_now callers
         self._wake = asyncio.Event()
         self._running = False
         self._silence: SilenceWatch | None = None
@@ -200,6 +201,11 @@ class BusPoller:
                 if not job.done.done():
                     job.done.set_exception(DeviceUnreachable(f"bus {self.name} stopped before the write was sent"))
             self._writes.clear()
+            for waiters in self._waiting.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(DeviceUnreachable(f"bus {self.name} stopped"))
+            self._waiting.clear()
             await self.transport.close()
 
     def _transact(self, entry: _Schedule) -> Transact:
@@ -287,18 +293,43 @@ class BusPoller:
     async def _poll(self, entry: _Schedule) -> None:
         device = entry.device
         framing_before = device.framing_errors
+        frames = getattr(self.transport, "frames", None)
+        if frames is not None:
+            frames.clear()
+        outcome: str | None = "stopped"
         try:
             readings = await device.poll(self.transport, self._transact(entry))
         except DeviceError as exc:
             self._failed(entry, exc)
+            outcome = exc.reason
         except DecodeError as exc:
             self._failed(entry, DeviceError(f"bad data: {exc}"))
+            outcome = f"bad data: {exc}"
         else:
             self._succeeded(entry, readings)
+            outcome = None
         finally:
             entry.health.live.framing_errors += device.framing_errors - framing_before
+            if frames is not None:
+                entry.health.live.frames = list(frames)
             if self.close_after_poll:
                 await self.transport.close()
+            for waiter in self._waiting.pop(device.id, []):
+                if not waiter.done():
+                    waiter.set_result(outcome)
+
+    async def poll_now(self, device_id: str) -> str | None:
+        """Poll one device ahead of its turn (a technician's "re-poll now"); None if it answered, else why not."""
+        entry = self._by_id.get(device_id)
+        if entry is None:
+            raise InvalidWrite(f"no device {device_id!r} on bus {self.name}")
+        if not self._running:
+            raise DeviceUnreachable(f"bus {self.name} is not running")
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(device_id, []).append(waiter)
+        entry.due = min(entry.due, time.monotonic())
+        self._wake.set()
+        return await waiter
 
     def _succeeded(self, entry: _Schedule, readings: list[Reading]) -> None:
         entry.health.succeeded(readings, entry.device.labels(readings))

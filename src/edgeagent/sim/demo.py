@@ -27,6 +27,7 @@ from edgeagent.sim.site import RoadsideSite
 log = logging.getLogger(__name__)
 
 DEMO_REPORT_EVERY_S = 10.0
+DEMO_USER = "demo"
 
 
 def example_config_dir() -> Path:
@@ -57,6 +58,16 @@ def demo_config(*, site: RoadsideSite, ingest_url: str, state_dir: Path, web_por
     return parse_config(data, file=str(path), base=path.parent)
 
 
+def demo_user(config: SiteConfig) -> str:
+    """A fresh random password for the demo's technician (there is no default password); returned to print."""
+    from edgeagent.web.auth import new_secret, set_password, users_path
+
+    password = new_secret()[:16]
+    config.gateway.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    set_password(users_path(config.web.users_file, config.gateway.state_dir), DEMO_USER, password, "technician")
+    return password
+
+
 def _line(agent: Agent, device: str, point: str, fmt: str = "{:.1f}") -> str:
     pv = agent.live.devices[device].points.get(point)
     if pv is None or pv.value is None:
@@ -75,6 +86,7 @@ async def run_demo(*, web_port: int = 8080, state_dir: Path | None = None, durat
                 log.warning("port %d is busy; the status page takes a free port instead", web_port)
                 web_port = 0
             config = demo_config(site=site, ingest_url=ingest.url, state_dir=state_dir, web_port=web_port)
+            password = demo_user(config)
             agent = Agent(config, ble_backend=site.ble_backend)
             run = asyncio.create_task(agent.run(stop), name="agent")
             ready = asyncio.create_task(agent.ready.wait())
@@ -84,6 +96,7 @@ async def run_demo(*, web_port: int = 8080, state_dir: Path | None = None, durat
                 await run
                 return 1
             print(f"edgeagent demo is running. Status page: {agent.web_url}", flush=True)
+            print(f"  log in as {DEMO_USER} with password {password} (made for this run)", flush=True)
             print(
                 f"  JSON: {agent.web_url}api/status   ingest stats: http://127.0.0.1:{ingest.port}/stats",
                 flush=True,

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import termios
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
     from pymodbus.pdu import ModbusPDU
 
 log = logging.getLogger(__name__)
+
+# Raw frames kept for the status page's device view: the last few, each cut to an RTU ADU's size.
+FRAMES_KEPT = 8
+MAX_FRAME_BYTES = 256
 
 _Request = Callable[["ModbusBaseClient"], Awaitable["ModbusPDU"]]
 
@@ -81,6 +86,12 @@ class ModbusTransport:
         self._gate = ReopenGate(reconnect_min_s, reconnect_max_s)
         self._quiet_from = 0.0
         self._unproven = False  # reopened for silence, and nothing has answered since
+        self.frames: deque[tuple[float, str, str]] = deque(maxlen=FRAMES_KEPT)
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's packet hook: keep each frame as hex (the bus is one transaction at a time)."""
+        self.frames.append((time.time(), "tx" if sending else "rx", data[:MAX_FRAME_BYTES].hex(" ")))
+        return data
 
     @property
     def label(self) -> str:
@@ -248,6 +259,7 @@ class ModbusTcpTransport(ModbusTransport):
             reconnect_delay=0,
             reconnect_delay_max=0,
             name=f"modbus-{self.label}",
+            trace_packet=self._trace,
         )
 
 
@@ -296,6 +308,7 @@ class ModbusRtuTransport(ModbusTransport):
             reconnect_delay=0,
             reconnect_delay_max=0,
             name=f"modbus-{self.port}",
+            trace_packet=self._trace,
         )
 
     def _dial_error(self) -> str:

@@ -1,160 +1,78 @@
-"""aiohttp app for the status page: it reads the live picture and store stats, nothing more."""
+"""The status page's aiohttp app: routes, and the doors every request goes through.
+
+In order, each request meets: the security headers; the Host check (DNS rebinding);
+then the login door. Only ``/healthz``, the login page and the static files are open.
+Everything else needs a session (a cookie from a login) or, for reading the API and
+``/metrics``, the bearer token from ``api_token_file``. A request that changes anything
+(log in, log out, acknowledge, re-poll, write, sync now) must also come from this
+page: an ``Origin`` header naming this very page and the session's CSRF token (at
+login, the token the login form carried, matched against its cookie).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import html
 import ipaddress
-import time
-from collections.abc import Awaitable, Callable, Collection
+import logging
+from collections.abc import Collection
 from importlib import resources
 from typing import Any
 
 from aiohttp import hdrs, web
 
-from edgeagent import __version__
-from edgeagent.clock import clock_state
-from edgeagent.live import Live
-from edgeagent.reload import ConfigState
-from edgeagent.store import Store
+from edgeagent.web.auth import USER_NAME, new_secret, verify_password
+from edgeagent.web.page import Page
+from edgeagent.web.sessions import Session
 
-StatusFn = Callable[[], Awaitable[dict[str, Any]]]
-STATUS_KEY = web.AppKey("status", StatusFn)  # type: ignore[type-abstract]
+log = logging.getLogger(__name__)
+
+PAGE_KEY = web.AppKey("page", Page)
 ALLOWED_HOSTS_KEY = web.AppKey("allowed_hosts", frozenset[str])
+SESSION_COOKIE = "edgeagent_session"
+LOGIN_COOKIE = "edgeagent_login"
+CSRF_HEADER = "X-CSRF-Token"
+MAX_LOGIN_BODY = 4096
+# Open doors: the health probe, the login page and the page's own files.
+_OPEN = ("/healthz", "/login", "/static/")
+# Compared against when a user name is unknown, so that a wrong name costs as long as a wrong password.
+_DUMMY_HASH = "$scrypt$ln=14,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$" + "A" * 43
 
 _STATIC = resources.files("edgeagent.web") / "static"
+STATIC_TYPES = {
+    ".js": "application/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain",
+}
 _SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
 }
-
-
-def _age(now: float, ts: float | None) -> float | None:
-    return None if ts is None else round(max(0.0, now - ts), 1)
-
-
-def _damage(store: Store) -> dict[str, Any] | None:
-    d = store.damage
-    if d is None:
-        return None
-    return {
-        "kind": d.kind,
-        "detail": d.detail,
-        "moved_aside": d.moved_aside,
-        "old_buffer_id": d.old_buffer_id,
-        "salvaged": d.salvaged,
-        "lost_at_most": d.lost_at_most,
-    }
-
-
-def status_builder(live: Live, store: Store, config: ConfigState | None = None) -> StatusFn:
-    """The function behind ``/api/status`` (and the page, which renders the same JSON)."""
-
-    async def build() -> dict[str, Any]:
-        now = time.time()
-        stats = await store.stats()
-        oldest_all = [t for t in stats.oldest_unsent_ts.values() if t is not None]
-        devices = []
-        for d in live.devices.values():
-            devices.append(
-                {
-                    "id": d.id,
-                    "profile": d.profile,
-                    "bus": d.bus,
-                    "state": d.state.value,
-                    "reason": d.reason,
-                    "state_since": d.state_since,
-                    "last_ok_age_s": _age(now, d.last_ok_ts),
-                    "polls_ok": d.polls_ok,
-                    "polls_failed": d.polls_failed,
-                    "protocol": d.protocol,
-                    "address": d.address,
-                    "framing_errors": d.framing_errors,
-                    "rejected": d.rejected,
-                    "replayed": d.replayed,
-                    "rssi_dbm": d.rssi_dbm,
-                    "asset": d.asset,
-                    "points": [
-                        {
-                            "name": name,
-                            "value": pv.value,
-                            "unit": pv.unit,
-                            "ts": pv.ts,
-                            "age_s": _age(now, pv.ts),
-                            "quality": pv.quality.name.lower(),
-                            "label": pv.label,
-                        }
-                        for name, pv in d.points.items()
-                    ],
-                }
-            )
-        uplinks = []
-        for u in live.uplinks.values():
-            uplinks.append(
-                {
-                    "name": u.name,
-                    "kind": u.kind,
-                    "target": u.target,
-                    "last_result": u.last_result,
-                    "last_attempt_age_s": _age(now, u.last_attempt_ts),
-                    "last_success_age_s": _age(now, u.last_success_ts),
-                    "batches_sent": u.batches_sent,
-                    "readings_sent": u.readings_sent,
-                    "failures": u.failures,
-                    "unsent": stats.unsent.get(u.name, 0),
-                    "oldest_unsent_age_s": _age(now, stats.oldest_unsent_ts.get(u.name)),
-                }
-            )
-        return {
-            "gateway": {
-                "id": live.gateway_id,
-                "version": __version__,
-                "uptime_s": round(live.uptime_s, 1),
-                "clock": clock_state().as_dict(),
-                "config": config.as_dict() if config is not None else None,
-            },
-            "devices": devices,
-            "buses": [
-                {
-                    "name": b.name,
-                    "kind": b.kind,
-                    "target": b.target,
-                    "state": b.state,
-                    "detail": b.detail,
-                    "state_since": b.state_since,
-                    "transactions": b.transactions,
-                    "restarts": b.restarts,
-                }
-                for b in live.buses.values()
-            ],
-            "store": {
-                "file_bytes": stats.file_bytes,
-                "last_seq": stats.last_seq,
-                "pending_commit": stats.pending_commit,
-                "committed_total": stats.committed_total,
-                "backlog": max(stats.unsent.values(), default=0),
-                "oldest_unsent_age_s": _age(now, min(oldest_all)) if oldest_all else None,
-                "class_bytes": stats.class_bytes,
-                "dropped": stats.dropped,
-                "last_error": stats.last_error,
-                "buffer_id": stats.buffer_id,
-                "produced_total": stats.produced_total,
-                "salvage": stats.salvage,
-                "damage": _damage(store),
-            },
-            "uplinks": uplinks,
-            "alarms": live.alarms.as_list(),
-        }
-
-    return build
+USER_KEY = web.RequestKey("user", Session)
 
 
 @web.middleware
 async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
-    response: web.StreamResponse = await handler(request)
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        _decorate(request, exc)
+        raise
+    _decorate(request, response)
+    return response
+
+
+def _decorate(request: web.Request, response: web.StreamResponse) -> None:
     for key, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(key, value)
-    return response
+    if request.app[PAGE_KEY].tls:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
 def host_allowed(host: str, allowed_hosts: Collection[str]) -> bool:
@@ -199,28 +117,203 @@ async def _known_host(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
+def client_of(request: web.Request) -> str:
+    return request.remote or "?"
+
+
+def _same_origin(request: web.Request) -> bool:
+    """The request's ``Origin`` names this page (scheme and host as the browser reached it)."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    host = request.headers.get(hdrs.HOST)
+    if not origin or not host:
+        return False
+    scheme = "https" if request.app[PAGE_KEY].tls else "http"
+    return origin.lower() == f"{scheme}://{host}".lower()
+
+
+def _bearer_ok(request: web.Request, page: Page) -> bool:
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token or page.api_token is None:
+        return False
+    return hmac.compare_digest(token.strip().encode(), page.api_token.encode())
+
+
+def _refuse(request: web.Request, status: int, text: str) -> web.StreamResponse:
+    if request.path.startswith(("/api/", "/metrics", "/logout")):
+        return web.json_response({"error": text}, status=status)
+    if status == 401:
+        raise web.HTTPSeeOther("/login")
+    return web.Response(status=status, text=f"{status}: {text}\n")
+
+
+@web.middleware
+async def _login_door(request: web.Request, handler: Any) -> web.StreamResponse:
+    page = request.app[PAGE_KEY]
+    path = request.path
+    if path == "/healthz" or path.startswith("/static/") or path == "/login":
+        response: web.StreamResponse = await handler(request)
+        return response
+    if path == "/metrics" and page.cfg.metrics_auth == "none":
+        return await handler(request)  # type: ignore[no-any-return]
+    assert page.sessions is not None
+    session = page.sessions.get(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        # A machine reads with the token; it never changes anything.
+        if request.method in ("GET", "HEAD") and _bearer_ok(request, page):
+            request[USER_KEY] = Session("api-token", "viewer", "", 0.0, 0.0)
+            return await handler(request)  # type: ignore[no-any-return]
+        return _refuse(request, 401, "log in first")
+    if request.method not in ("GET", "HEAD"):
+        token = request.headers.get(CSRF_HEADER, "")
+        if not _same_origin(request) or not hmac.compare_digest(token.encode(), session.csrf.encode()):
+            log.warning(
+                "refused a %s %s from %s: no matching Origin or CSRF token", request.method, path, client_of(request)
+            )
+            return _refuse(request, 403, "refused: this request did not come from the page")
+    request[USER_KEY] = session
+    return await handler(request)  # type: ignore[no-any-return]
+
+
+# -- login ---------------------------------------------------------------------------
+
+
+def _login_html(page: Page, *, csrf: str, error: str = "", user: str = "") -> str:
+    no_users = not page.users()
+    rows = []
+    if page.fingerprint:
+        rows.append(
+            '<p class="fingerprint">Certificate SHA-256 (compare with the label on the cabinet):<br>'
+            f"<code>{html.escape(page.fingerprint)}</code></p>"
+        )
+    if no_users:
+        command = f"edgeagent passwd --config {page.host_config_path()} NAME --role technician"
+        rows.append(
+            '<p class="problem" id="no-users">No user can log in yet. On the gateway, as the service user, run:'
+            f"<br><code>{html.escape(command)}</code></p>"
+        )
+    if error:
+        rows.append(f'<p class="problem" id="login-error" role="alert">{html.escape(error)}</p>')
+    disabled = " disabled" if no_users else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>edgeagent · log in</title><link rel="stylesheet" href="/static/app.css"></head>
+<body class="login"><main>
+<h1>edgeagent <span>{html.escape(page.host.site.gateway.id)}</span></h1>
+{"".join(rows)}
+<form method="post" action="/login">
+<input type="hidden" name="csrf" value="{html.escape(csrf)}">
+<label>User <input name="user" autocomplete="username" autocapitalize="none" required
+ value="{html.escape(user)}"{disabled}></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required{disabled}></label>
+<button type="submit"{disabled}>Log in</button>
+</form></main></body></html>
+"""
+
+
+def _login_page(page: Page, status: int = 200, **kwargs: str) -> web.Response:
+    csrf = new_secret()
+    response = web.Response(text=_login_html(page, csrf=csrf, **kwargs), content_type="text/html", status=status)
+    response.set_cookie(LOGIN_COOKIE, csrf, httponly=True, samesite="Strict", path="/", secure=page.tls)
+    return response
+
+
+async def _login_get(request: web.Request) -> web.StreamResponse:
+    return _login_page(request.app[PAGE_KEY])
+
+
+async def _login_post(request: web.Request) -> web.StreamResponse:
+    page = request.app[PAGE_KEY]
+    assert page.sessions is not None and page.throttle is not None
+    client = client_of(request)
+    if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
+        return web.Response(status=413, text="413: too large\n")
+    form = await request.post()
+    name = str(form.get("user", ""))[:64]
+    password = str(form.get("password", ""))
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    sent = str(form.get("csrf", ""))
+    if not _same_origin(request) or not cookie or not hmac.compare_digest(sent.encode(), cookie.encode()):
+        log.warning("refused a login from %s: no matching Origin or CSRF token", client)
+        return _login_page(page, 403, error="This login form has expired: try again.")
+    keys = (f"client:{client}", f"user:{name.lower()}")
+    wait = page.throttle.wait_s(*keys)
+    if wait > 0:
+        log.warning("login for %r from %s refused: too many failures, %.0f s to wait", name, client, wait)
+        page.audit(name or "-", client, "login", name, "refused: too many failures")
+        response = _login_page(page, 429, error=f"Too many failed logins. Try again in {wait:.0f} s.", user=name)
+        response.headers["Retry-After"] = str(int(wait + 0.999))
+        return response
+    user = page.users().get(name) if USER_NAME.match(name) else None
+    ok = await asyncio.to_thread(verify_password, password, user.hash if user else _DUMMY_HASH)
+    if user is None or not ok:
+        page.throttle.failed(*keys)
+        log.warning("failed login for %r from %s", name, client)
+        page.audit(name or "-", client, "login", name, "failed")
+        return _login_page(page, 401, error="Wrong user name or password.", user=name)
+    page.throttle.succeeded(keys[1])
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:
+        page.sessions.drop(old)
+    session_id, _ = page.sessions.create(user.name, user.role)
+    page.audit(user.name, client, "login", user.name, "ok")
+    redirect = web.HTTPSeeOther("/")
+    redirect.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/", secure=page.tls)
+    redirect.del_cookie(LOGIN_COOKIE, path="/")
+    raise redirect
+
+
+async def _logout(request: web.Request) -> web.StreamResponse:
+    page = request.app[PAGE_KEY]
+    assert page.sessions is not None
+    session_id = request.cookies.get(SESSION_COOKIE, "")
+    user = request[USER_KEY]
+    page.sessions.drop(session_id)
+    page.audit(user.user, client_of(request), "logout", user.user, "ok")
+    response = web.json_response({"ok": True})
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# -- files ---------------------------------------------------------------------------
+
+
 async def _index(request: web.Request) -> web.Response:
     return web.Response(text=(_STATIC / "index.html").read_text(), content_type="text/html")
 
 
 async def _asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    types = {"status.js": "application/javascript", "status.css": "text/css"}
-    if name not in types:
+    kind = STATIC_TYPES.get("." + name.rpartition(".")[2]) if "." in name else None
+    if kind is None or "/" in name or name.startswith(".") or not (_STATIC / name).is_file():
         raise web.HTTPNotFound()
-    return web.Response(text=(_STATIC / name).read_text(), content_type=types[name])
+    response = web.Response(body=(_STATIC / name).read_bytes(), content_type=kind)
+    response.headers["Cache-Control"] = "max-age=3600"
+    return response
 
 
-async def _api_status(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[STATUS_KEY]())
+async def _healthz(request: web.Request) -> web.Response:
+    """200 while every critical part checks in, 503 otherwise: nothing more (no login, no details)."""
+    if request.app[PAGE_KEY].healthy():
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text="unhealthy\n")
 
 
-def make_app(status: StatusFn, allowed_hosts: Collection[str] = ()) -> web.Application:
+def make_app(page: Page, allowed_hosts: Collection[str] = ()) -> web.Application:
     """The status page; ``allowed_hosts`` are the names (besides addresses and localhost) it answers to."""
-    app = web.Application(middlewares=[_headers, _known_host])
-    app[STATUS_KEY] = status
+    from edgeagent.web import api, metrics, stream
+
+    app = web.Application(middlewares=[_headers, _known_host, _login_door], client_max_size=64 * 1024)
+    app[PAGE_KEY] = page
     app[ALLOWED_HOSTS_KEY] = frozenset(h.lower().removesuffix(".") for h in allowed_hosts)
     app.router.add_get("/", _index)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/login", _login_get)
+    app.router.add_post("/login", _login_post)
+    app.router.add_post("/logout", _logout)
     app.router.add_get("/static/{name}", _asset)
-    app.router.add_get("/api/status", _api_status)
+    app.router.add_get("/metrics", metrics.handler)
+    app.router.add_get("/api/events", stream.handler)
+    api.add_routes(app)
     return app

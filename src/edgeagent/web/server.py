@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
@@ -197,26 +198,47 @@ class _AcceptErrors:
 class _Site(web.BaseSite):
     """A TCP site whose connections are made by our counted protocol (TCPSite always uses aiohttp's)."""
 
-    __slots__ = ("_host", "_port", "_protocol")
+    __slots__ = ("_host", "_port", "_protocol", "handshake_timeout_s")
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, protocol: Callable[[], asyncio.Protocol]) -> None:
-        super().__init__(runner)
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        protocol: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self.handshake_timeout_s = 60.0
         self._host = host
         self._port = port
         self._protocol = protocol
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self._host, self._port, reuse_address=True)
+        self._server = await loop.create_server(
+            self._protocol,
+            self._host,
+            self._port,
+            reuse_address=True,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self.handshake_timeout_s if self._ssl_context else None,
+        )
 
 
-async def serve_status_page(app: web.Application, cfg: WebConfig, *, shutdown_timeout_s: float) -> web.AppRunner:
-    """Serve ``app`` on ``cfg.host:cfg.port`` within the limits above; ``cleanup()`` the runner to stop."""
+async def serve_status_page(
+    app: web.Application, cfg: WebConfig, *, shutdown_timeout_s: float, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """Serve ``app`` on ``cfg.host:cfg.port`` within the limits above (over TLS with ``ssl_context``).
+
+    ``cleanup()`` the runner to stop. A TLS handshake must finish within ``request_timeout_s``.
+    """
     loop = asyncio.get_running_loop()
     accept_errors = _AcceptErrors(loop)
     refusals = Throttled(loop, log, logging.WARNING)
@@ -244,7 +266,8 @@ async def serve_status_page(app: web.Application, cfg: WebConfig, *, shutdown_ti
         "access_log": None,
         "logger": request_log,
     }
-    site = _Site(runner, cfg.host, cfg.port, lambda: _CountedHandler(server, gate, **handler_kwargs))
+    site = _Site(runner, cfg.host, cfg.port, lambda: _CountedHandler(server, gate, **handler_kwargs), ssl_context)
+    site.handshake_timeout_s = cfg.request_timeout_s
     try:
         await site.start()
     except OSError as exc:
