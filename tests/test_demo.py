@@ -10,6 +10,8 @@ import time
 
 import aiohttp
 
+from tests.webclient import post_login
+
 
 async def _json(http: aiohttp.ClientSession, url: str) -> dict:
     async with http.get(url) as resp:
@@ -33,15 +35,21 @@ async def test_demo_shows_a_live_changing_level_and_growing_ingest() -> None:
     )
     assert proc.stdout is not None
     try:
-        status_url = ingest_url = None
+        status_url = ingest_url = page_url = password = None
         while status_url is None or ingest_url is None:
             line = (await asyncio.wait_for(proc.stdout.readline(), timeout=15)).decode()
             assert line, "demo exited early"
+            if m := re.search(r"Status page: (\S+)", line):
+                page_url = m.group(1)
+            if m := re.search(r"log in as demo with password (\S+)", line):
+                password = m.group(1)
             if m := re.search(r"JSON: (\S+)\s+ingest stats: (\S+)", line):
                 status_url, ingest_url = m.group(1), m.group(2)
+        assert page_url is not None and password is not None, "the demo prints its page and a password"
         levels: list[float] = []
         counts: list[int] = []
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            assert (await post_login(http, page_url, "demo", password)).status == 303
             while time.monotonic() - started < 10 and (len(set(levels)) < 2 or len(set(counts)) < 2):
                 status = await _json(http, status_url)
                 device = next(d for d in status["devices"] if d["id"] == "wl-01")

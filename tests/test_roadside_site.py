@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from edgeagent.agent import Agent
@@ -21,6 +20,7 @@ from edgeagent.sim.demo import demo_config
 from edgeagent.sim.ingest import IngestServer
 from edgeagent.sim.site import RoadsideSite
 from tests.helpers import wait_until
+from tests.webclient import logged_in
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,9 +46,12 @@ async def running_site(
 
 
 async def _status(agent: Agent) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"{agent.web_url}api/status") as resp:
-        assert resp.status == 200
-        return await resp.json()
+    """/api/status as a technician logged in on the page reads it."""
+    assert agent.web_url is not None
+    async with logged_in(agent.web_url, agent.site.gateway.state_dir) as page:
+        code, status = await page.get("/api/status")
+        assert code == 200
+        return status  # type: ignore[no-any-return]
 
 
 async def test_every_device_of_the_roadside_set_is_live_on_the_status_page(

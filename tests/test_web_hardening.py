@@ -19,14 +19,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from edgeagent.config import WebConfig
 from edgeagent.sim.ingest import IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
-from edgeagent.web.app import host_allowed, make_app
+from edgeagent.web.app import host_allowed
 from edgeagent.web.server import serve_status_page
 from tests.agentproc import AgentProcess, NotifySocket
-from tests.helpers import site_toml, wait_until
+from tests.helpers import API_AUTH, site_toml, wait_until
 
 AGENT_FD_LIMIT = 1024
 FLOOD = 1100
@@ -184,7 +185,7 @@ async def _fresh_status(port: int, timeout_s: float) -> dict[str, object]:
     while asyncio.get_running_loop().time() < deadline:
         try:
             async with (
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), headers=API_AUTH) as http,
                 http.get(f"http://127.0.0.1:{port}/api/status", timeout=aiohttp.ClientTimeout(total=5)) as resp,
             ):
                 assert resp.status == 200
@@ -302,7 +303,7 @@ async def test_a_foreign_host_name_gets_421(tmp_path: Path, sensor: WaterLevelSi
         async def status_for(host: str) -> tuple[int, str]:
             async with (
                 aiohttp.ClientSession() as http,
-                http.get(f"http://127.0.0.1:{port}/api/status", headers={"Host": host}) as resp,
+                http.get(f"http://127.0.0.1:{port}/api/status", headers={"Host": host, **API_AUTH}) as resp,
             ):
                 return resp.status, await resp.text()
 
@@ -316,10 +317,12 @@ async def test_a_foreign_host_name_gets_421(tmp_path: Path, sensor: WaterLevelSi
 
 
 async def test_a_failing_handler_logs_its_traceback_once_then_a_count(caplog: pytest.LogCaptureFixture) -> None:
-    async def broken() -> dict[str, object]:
+    async def broken(request: web.Request) -> web.Response:
         raise RuntimeError("a bug in the status page")
 
-    runner = await serve_status_page(make_app(broken), WebConfig(port=0), shutdown_timeout_s=1.0)
+    app = web.Application()
+    app.router.add_get("/api/status", broken)
+    runner = await serve_status_page(app, WebConfig(port=0), shutdown_timeout_s=1.0)
     try:
         port = runner.addresses[0][1]
         async with aiohttp.ClientSession() as http:
