@@ -17,6 +17,14 @@ TEST_API_TOKEN = "test-api-token-0123456789abcdef"
 API_AUTH = {"Authorization": f"Bearer {TEST_API_TOKEN}"}
 
 
+def api_token_line(state_dir: Path) -> str:
+    """``api_token_file = ...`` for a [web] table, its file (holding TEST_API_TOKEN) written beside ``state_dir``."""
+    token_file = state_dir.with_name(state_dir.name + ".api-token")
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(TEST_API_TOKEN + "\n")
+    return f'api_token_file = "{token_file}"'
+
+
 def site_toml(
     *,
     state_dir: Path,
@@ -39,12 +47,8 @@ def site_toml(
     The status page reads its API token from a file written beside ``state_dir``
     (``TEST_API_TOKEN``, which ``api_status`` sends).
     """
-    token_line = ""
-    if state_dir.is_absolute():  # a relative one is relative to a config folder not known here
-        token_file = state_dir.with_name(state_dir.name + ".api-token")
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.write_text(TEST_API_TOKEN + "\n")
-        token_line = f'api_token_file = "{token_file}"'
+    # A relative state_dir is relative to a config folder not known here: no token then.
+    token_line = api_token_line(state_dir) if state_dir.is_absolute() else ""
     devices = "".join(
         f"""
 [[devices]]

@@ -16,7 +16,7 @@ from typing import Any
 from edgeagent.sim.ingest import IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
 from tests.agentproc import AgentProcess
-from tests.helpers import api_status, free_port, wait_status, wait_until
+from tests.helpers import api_status, api_token_line, free_port, wait_status, wait_until
 
 INTERVAL_S = 0.2
 
@@ -62,6 +62,7 @@ commit_interval_ms = 100
 
 [web]
 port = {web}
+{api_token_line(state)}
 {buses}
 {devices}
 [[uplinks]]
