@@ -34,10 +34,13 @@ from edgeagent.sim.water_level import WaterLevelSimulator
 
 BUSES = 5
 UNITS = 10
+API_TOKEN = "bench-api-token-0123456789"  # the page's /api needs it
 
 
 def _config(state: Path, web: int, ports: list[int], round_: int) -> str:
-    parts = [f'[gateway]\nid = "gw-bench"\nstate_dir = "{state}"\n\n[web]\nport = {web}\n']
+    token = state.with_name("api-token")
+    token.write_text(API_TOKEN + "\n")
+    parts = [f'[gateway]\nid = "gw-bench"\nstate_dir = "{state}"\n\n[web]\nport = {web}\napi_token_file = "{token}"\n']
     for b, port in enumerate(ports):
         parts.append(
             f'[[buses]]\nname = "bus{b}"\nkind = "modbus_tcp"\nhost = "127.0.0.1"\nport = {port}\ntimeout_ms = 500\n'
@@ -61,7 +64,10 @@ def _config(state: Path, web: int, ports: list[int], round_: int) -> str:
 
 def _status_hash(web: int) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/status", timeout=2) as resp:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{web}/api/status", headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=2) as resp:
             return json.load(resp)["gateway"]["config"]["hash"]
     except OSError:
         return None
