@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from edgeagent import config
 from edgeagent.cli import build_parser
+from edgeagent.fleet.settings import FleetConfig, FleetHttpConfig, FleetMqttConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DOC = (ROOT / "docs" / "configuration.md").read_text()
@@ -43,6 +44,9 @@ SECTIONS = [
         config.DeviceConfig,
         config.BusConfig,
         config.UplinkConfig,
+        FleetConfig,
+        FleetMqttConfig,
+        FleetHttpConfig,
     )
     for m in _models(tp)
 ]

@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +74,8 @@ class Agent:
         notifier: Notifier | None = None,
         ble_backend: type[BaseBleakScanner] | None = None,
         config_path: Path | None = None,
+        fleet_version: int | None = None,
+        fleet_clock: Callable[[], bool | None] | None = None,
     ) -> None:
         self.site = site
         self.config_path = config_path
@@ -94,6 +96,13 @@ class Agent:
         if config_path is not None:
             self.config.applied(config_hash(config_path.read_bytes()), "started")
         self._availability: dict[str, str] = {}  # device -> last online/offline sent upstream
+        # Fleet pushes (fleet/): the pushed version running (None: the local file), the seam that
+        # says whether the clock is known good (tests fill it), and pushes waiting for the supervisor.
+        self.fleet_version = fleet_version
+        self.fleet_clock = fleet_clock
+        self.fleet_compose: Callable[[SiteConfig], SiteConfig] | None = None
+        self._pushes: list[tuple[SiteConfig, str, str, int, asyncio.Future[Plan]]] = []
+        self.push_requested = asyncio.Event()
 
     # -- the gateway's own readings -----------------------------------------------------
 
@@ -187,6 +196,8 @@ class Agent:
                 unit = self._bus_unit(site, bus.name)
                 if unit is not None:
                     await self._start_unit(unit)
+            if site.fleet is not None and self.config_path is not None:
+                await self._start_unit(self._fleet_unit(site))
 
             aux = [asyncio.create_task(self._status_loop(store), name="status")]
             interval = watchdog_interval_s()
@@ -215,11 +226,13 @@ class Agent:
             while True:
                 self.reload_requested.clear()
                 reload = asyncio.create_task(self.reload_requested.wait(), name="reload")
+                push = asyncio.create_task(self.push_requested.wait(), name="push")
                 watched: dict[asyncio.Task[Any], object] = {u.task: u for u in self.units.values() if u.task}
                 if self.store is not None and self.store.task is not None:
                     watched[self.store.task] = self.store
-                done, _ = await asyncio.wait({stopper, reload, *watched}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({stopper, reload, push, *watched}, return_when=asyncio.FIRST_COMPLETED)
                 reload.cancel()
+                push.cancel()
                 if stopper in done:
                     self.notifier.stopping()
                     log.info("stopping")
@@ -231,6 +244,8 @@ class Agent:
                     raise EdgeAgentError(f"critical task {t.get_name()} died") from exc
                 if reload in done and await self.reload():
                     return True
+                if push in done:
+                    await self._apply_pushes()
         finally:
             await cancel_all([stopper])
 
@@ -247,7 +262,7 @@ class Agent:
 
     async def _stop_units(self) -> None:
         """Buses first (no new readings), then uplinks (their batch in flight), then the page."""
-        order = {"bus": 0, "uplink": 1, "web": 2}
+        order = {"fleet": -1, "bus": 0, "uplink": 1, "web": 2}
         for name in sorted(self.units, key=lambda n: order.get(n.split(":")[0], 3)):
             await self._stop_unit(name)
 
@@ -318,6 +333,62 @@ class Agent:
         runner, self.web_url = await serve_page(self, shutdown_timeout_s=WEB_SHUTDOWN_S)
         return runner
 
+    def _fleet_unit(self, site: SiteConfig) -> Unit:
+        from edgeagent.fleet.pipeline import FleetHost
+        from edgeagent.fleet.unit import FleetUnit
+
+        assert self.config_path is not None
+
+        def commits() -> tuple[asyncio.Event, Callable[[], None]]:
+            store = self.store
+            assert store is not None
+            event = store.subscribe()
+            return event, lambda: store.unsubscribe(event)
+
+        def status(doc: dict[str, Any]) -> None:
+            self.config.fleet = doc
+
+        host = FleetHost(
+            site=lambda: self.site,
+            reconfigure=self.push_config,
+            live=lambda: self.live,
+            commits=commits,
+            report=lambda point, value, reason: self._gateway_reading(point, value, reason, Priority.EVENT),
+            status=status,
+        )
+        unit = FleetUnit(
+            site, self.config_path, host, running_version=self.fleet_version, clock_synchronized=self.fleet_clock
+        )
+        self.fleet_compose = unit.compose_for_reload
+        return unit
+
+    async def push_config(self, site: SiteConfig, digest: str, detail: str, version: int) -> Plan:
+        """Apply a pushed (already validated) config through the supervisor, as a reload would be."""
+        done: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
+        self._pushes.append((site, digest, detail, version, done))
+        self.push_requested.set()
+        return await done
+
+    async def _apply_pushes(self) -> None:
+        self.push_requested.clear()
+        while self._pushes:
+            site, digest, detail, version, done = self._pushes.pop(0)
+            if done.done():
+                continue
+            plan = plan_reload(self.site, site)
+            try:
+                if plan.restart_all:
+                    raise EdgeAgentError("a pushed config cannot change the gateway settings")
+                await self._apply(plan, site)
+            except (EdgeAgentError, OSError) as exc:
+                done.set_exception(exc)
+                continue
+            self.fleet_version = version or None
+            self.config.applied(digest, f"{detail}: {plan.describe()}")
+            log.info("%s applied: %s", detail, plan)
+            self._gateway_reading("config_applied", digest, self.config.detail, Priority.EVENT)
+            done.set_result(plan)
+
     # -- reload --------------------------------------------------------------------------
 
     def request_reload(self) -> None:
@@ -346,6 +417,8 @@ class Agent:
             data = self.config_path.read_bytes()
             digest = config_hash(data)
             site = load_for_run(str(self.config_path))
+            if self.fleet_compose is not None:
+                site = self.fleet_compose(site)  # a pushed config keeps running; the file's bootstrap is taken
         except (ConfigError, OSError) as exc:
             problems = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [str(exc)]
             for problem in problems:
@@ -415,6 +488,10 @@ class Agent:
                 await self._start_unit(self._uplink_unit(up, filters[up.name]))
         if plan.web_restart and site.web.enabled:
             await self._start_unit(self._web_unit(site))
+        if old.fleet != site.fleet:  # only the local file sets [fleet]; a push never gets here
+            await self._stop_unit("fleet")
+            if site.fleet is not None and self.config_path is not None:
+                await self._start_unit(self._fleet_unit(site))
 
     def _swap_devices(self, site: SiteConfig, bus_name: str, plan: Plan) -> None:
         """A polled bus keeps running; its device list changes under it."""

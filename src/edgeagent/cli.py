@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeagent import __version__
 from edgeagent.errors import ConfigError, DeviceError, EdgeAgentError, InvalidWrite
@@ -52,20 +52,30 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    return run_agent(args.config, args.log_level)
+
+
+def run_agent(config: str, log_level: str, **options: Any) -> int:
+    """``edgeagent run``; ``options`` go to the Agent (a test fills a seam, e.g. ``fleet_clock``)."""
     from edgeagent.agent import Agent, install_signal_handlers
     from edgeagent.logs import setup_logging
 
-    setup_logging(args.log_level)
+    setup_logging(log_level)
     try:
-        site = load_for_run(args.config)
+        site = load_for_run(config)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config: %s", problem)
         return EXIT_CONFIG
+    fleet_version = None
+    if site.fleet is not None:  # the last committed fleet config runs, if there is one
+        from edgeagent.fleet.compose import boot_site
+
+        site, fleet_version = boot_site(site, Path(config))
 
     async def main() -> None:
         stop = asyncio.Event()
-        agent = Agent(site, config_path=Path(args.config))
+        agent = Agent(site, config_path=Path(config), fleet_version=fleet_version, **options)
         install_signal_handlers(stop, agent)
         await agent.run(stop)
 
@@ -381,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seconds", type=float, default=10.0)
     q.add_argument("--adapter", help="e.g. hci0 (default: the system's)")
     q.set_defaults(func=_cmd_scan_ble)
+    from edgeagent.fleet.cli import add_fleet_parser
+
+    add_fleet_parser(sub)
     return parser
 
 

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from edgeagent.errors import ConfigError, ConfigProblem
+from edgeagent.fleet.settings import FleetConfig
 from edgeagent.profiles import (
     ByteSize,
     Profile,
@@ -398,6 +399,7 @@ class SiteConfig(Located):
     buses: list[BusConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
     uplinks: list[UplinkConfig] = Field(default_factory=list)
+    fleet: FleetConfig | None = Field(default=None, description="the fleet bootstrap (local file only)")
 
 
 def _duplicates(file: str, section: str, key: str, values: list[object]) -> list[ConfigProblem]:
@@ -575,11 +577,14 @@ def _resolve_paths(site: SiteConfig, base: Path, file: str) -> SiteConfig:
         d.model_copy(update={"key_file": (base / d.key_file).resolve()}) if d.key_file is not None else d
         for d in site.devices
     ]
+    fleet = site.fleet.resolved(base, file) if site.fleet is not None else None
     web_files = ("tls_cert_file", "tls_key_file", "users_file", "api_token_file")
     web = site.web.model_copy(
         update={k: (base / getattr(site.web, k)).resolve() for k in web_files if getattr(site.web, k) is not None}
     )
-    resolved = site.model_copy(update={"gateway": gateway, "uplinks": uplinks, "devices": devices, "web": web})
+    resolved = site.model_copy(
+        update={"gateway": gateway, "uplinks": uplinks, "devices": devices, "web": web, "fleet": fleet}
+    )
     resolved._file = file
     for section, parts in (("uplinks", uplinks), ("devices", devices)):
         for i, part in enumerate(parts):

@@ -32,6 +32,7 @@ class ConfigState:
     detail: str = ""
     ts: float = field(default_factory=time.time)
     reloads: int = 0
+    fleet: dict[str, object] | None = None  # fleet pushes: running version, last outcome, channels
 
     def applied(self, digest: str, detail: str) -> None:
         self.hash = self.attempted_hash = digest
@@ -50,6 +51,7 @@ class ConfigState:
             "attempted_hash": self.attempted_hash,
             "detail": self.detail,
             "ts": self.ts,
+            "fleet": self.fleet,
         }
 
 
@@ -76,6 +78,9 @@ class Plan:
         gone = sorted(self.devices_gone - self.devices_new)
         if gone:
             parts.append(f"devices stopped: {', '.join(gone)}")
+        changed = sorted(self.devices_new & self.devices_gone)
+        if changed:
+            parts.append(f"devices changed: {', '.join(changed)}")
         restarted = sorted(set(self.buses_stop) & set(self.buses_start))
         if restarted:
             parts.append(f"buses restarted: {', '.join(restarted)}")
