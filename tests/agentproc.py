@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from edgeagent.store import decode_value
@@ -83,6 +84,27 @@ class AgentProcess:
         if self.notify is not None:
             await self.notify.close()
             self.notify = None
+
+    async def abort(self) -> str:
+        """SIGKILL if still running; return what it logged (for a failing test's report)."""
+        assert self.proc is not None and self.proc.stderr is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        stderr = await asyncio.wait_for(self.proc.stderr.read(), timeout=10)
+        await self.proc.wait()
+        await self.close()
+        return stderr.decode(errors="replace")
+
+    @contextlib.asynccontextmanager
+    async def guarded(self) -> AsyncIterator[AgentProcess]:
+        """On a failure inside, kill the agent and print the end of its log, so the report shows why."""
+        try:
+            yield self
+        except BaseException:
+            if self.proc is not None and (self.proc.returncode is None or self.notify is not None):
+                print("---- agent log (last 6000 characters) ----")
+                print((await self.abort())[-6000:])
+            raise
 
     async def terminate(self, timeout_s: float = 10.0) -> tuple[int, str]:
         """SIGTERM; return (exit code, stderr)."""

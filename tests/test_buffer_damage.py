@@ -101,13 +101,16 @@ async def test_after_buffer_damage_a_deduping_receiver_gets_every_new_reading_an
         )
         first = AgentProcess(config)
         await first.start(notify_dir=tmp_path)
-        await first.wait_ready()
-        await wait_until(lambda: db.exists() and store_last_seq(db) >= backlog, 60, f"a backlog of {backlog} readings")
-        if stop == "kill":
-            await first.kill()
-        else:
-            code, err = await first.terminate()
-            assert code == 0, err
+        async with first.guarded():
+            await first.wait_ready()
+            await wait_until(
+                lambda: db.exists() and store_last_seq(db) >= backlog, 60, f"a backlog of {backlog} readings"
+            )
+            if stop == "kill":
+                await first.kill()
+            else:
+                code, err = await first.terminate()
+                assert code == 0, err
         old_last = store_last_seq(db) if db.exists() else 0
         damage(db)
 
@@ -116,24 +119,25 @@ async def test_after_buffer_damage_a_deduping_receiver_gets_every_new_reading_an
             served_before = len(sensor.served)
             second = AgentProcess(config)
             await second.start(notify_dir=tmp_path)
-            await second.wait_ready()
-            status = await api_status(web_port)
-            new_id = status["store"]["buffer_id"]
-            await wait_until(lambda: len(ingest.seqs(buffer_id=new_id)) >= 200, 30, "new readings upstream")
-            sensor.silent = True  # no new readings: let everything drain
-            while True:  # until the last reading committed is the last one received
+            async with second.guarded():
+                await second.wait_ready()
                 status = await api_status(web_port)
-                last = status["store"]["last_seq"]
-                await wait_until(
-                    lambda last=last: ingest.seqs(buffer_id=new_id)[-1:] == [last], 30, "the new buffer to drain"
-                )
-                settled = await api_status(web_port)
-                if settled["store"]["last_seq"] == last and settled["store"]["pending_commit"] == 0:
-                    break
-            damage_info = status["store"]["damage"]
-            await wait_status(web_port, lambda s: not s["store"]["salvage"], "the salvage to be delivered")
-            code, err = await second.terminate()
-            assert code == 0, err
+                new_id = status["store"]["buffer_id"]
+                await wait_until(lambda: len(ingest.seqs(buffer_id=new_id)) >= 200, 30, "new readings upstream")
+                sensor.silent = True  # no new readings: let everything drain
+                while True:  # until the last reading committed is the last one received
+                    status = await api_status(web_port)
+                    last = status["store"]["last_seq"]
+                    await wait_until(
+                        lambda last=last: ingest.seqs(buffer_id=new_id)[-1:] == [last], 30, "the new buffer to drain"
+                    )
+                    settled = await api_status(web_port)
+                    if settled["store"]["last_seq"] == last and settled["store"]["pending_commit"] == 0:
+                        break
+                damage_info = status["store"]["damage"]
+                await wait_status(web_port, lambda s: not s["store"]["salvage"], "the salvage to be delivered")
+                code, err = await second.terminate()
+                assert code == 0, err
         finally:
             await ingest.stop()
 
