@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from edgeagent import config
 from edgeagent.cli import build_parser
 from edgeagent.fleet.settings import FleetConfig, FleetHttpConfig, FleetMqttConfig
+from edgeagent.rules.config import ActionConfig, RuleConfig, SubjectsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DOC = (ROOT / "docs" / "configuration.md").read_text()
@@ -47,6 +48,9 @@ SECTIONS = [
         FleetConfig,
         FleetMqttConfig,
         FleetHttpConfig,
+        RuleConfig,
+        ActionConfig,
+        SubjectsConfig,
     )
     for m in _models(tp)
 ]

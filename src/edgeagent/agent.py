@@ -41,6 +41,7 @@ from edgeagent.live import DeviceState, Live, UplinkLive
 from edgeagent.model import Priority, Reading
 from edgeagent.notify import Notifier, watchdog_interval_s
 from edgeagent.reload import ConfigState, Plan, config_hash, plan_reload
+from edgeagent.rules.unit import RulesUnit
 from edgeagent.store import Budget, DestinationFilter, Store
 from edgeagent.units import BusUnit, Unit, UplinkUnit, WebUnit, cancel_all
 
@@ -96,6 +97,7 @@ class Agent:
         if config_path is not None:
             self.config.applied(config_hash(config_path.read_bytes()), "started")
         self._availability: dict[str, str] = {}  # device -> last online/offline sent upstream
+        self.live.alarms.acknowledger = self.acknowledge_alarm
         # Fleet pushes (fleet/): the pushed version running (None: the local file), the seam that
         # says whether the clock is known good (tests fill it), and pushes waiting for the supervisor.
         self.fleet_version = fleet_version
@@ -114,18 +116,48 @@ class Agent:
         self.hub.alarm(source, kind, True, message)
 
     def _on_alarms(self, transitions: Sequence[AlarmTransition]) -> None:
+        """Each transition into the alarm book and, at alarm priority, upstream.
+
+        The gateway's own alarms go up as ``active``/``cleared`` with their text; a rule's
+        as its state with ``<severity>: <text>`` (docs/uplinks.md).
+        """
+        book = self.live.alarms
         for t in transitions:
-            if t.active:
-                log.error("alarm %s: %s", t.kind, t.message)
-                self.live.alarms.raise_(t.source, t.kind, t.message, t.ts)
+            state = t.lifecycle_state
+            if state == "raised":
+                log.error("alarm %s/%s: %s", t.source, t.kind, t.message)
+                book.raise_(t.source, t.kind, t.message, t.ts, severity=t.severity, rule=t.rule)
+            elif state == "cleared":
+                log.info("alarm %s/%s cleared: %s", t.source, t.kind, t.message)
+                book.clear(t.source, t.kind, t.ts)
+            elif state == "acknowledged":
+                log.info("alarm %s/%s acknowledged by %s", t.source, t.kind, t.user or "?")
+                book.mark_acknowledged(t.source, t.kind, t.user or "?", t.ts)
             else:
-                log.info("alarm %s cleared: %s", t.kind, t.message)
-                self.live.alarms.clear(t.source, t.kind, t.ts)
-            value = "active" if t.active else "cleared"
+                log.warning("alarm %s/%s still raised: %s", t.source, t.kind, t.message)
+            if t.rule is None:
+                value = {"raised": "active", "reminder": "active"}.get(state, state)
+                reason = t.message if state != "acknowledged" else f"acknowledged by {t.user or '?'}"
+            else:
+                value, reason = state, f"{t.severity}: {t.message}"
             reading = Reading(
-                t.source, t.kind, t.ts, value, "", priority=Priority.ALARM, reason=t.message[:MAX_REASON_CHARS]
+                t.source, t.kind, t.ts, value, "", priority=Priority.ALARM, reason=reason[:MAX_REASON_CHARS]
             )
             self.hub.readings(t.source, [reading])
+
+    def acknowledge_alarm(self, source: str, kind: str, user: str) -> bool:
+        """Someone saw an active alarm: the rules engine records it (if it owns it); it goes upstream."""
+        alarm = self.live.alarms.find(f"{source}/{kind}")
+        if alarm is None or not alarm.active or alarm.acked_by is not None:
+            return False
+        rules = self.units.get("rules")
+        if isinstance(rules, RulesUnit) and rules.owns(source, kind):
+            return rules.acknowledge(source, kind, user)
+        transition = AlarmTransition(
+            source, kind, True, alarm.message, state="acknowledged", severity=alarm.severity, rule=alarm.rule, user=user
+        )
+        self.hub.publish(Topic.ALARM, [transition])
+        return True
 
     def _on_device_states(self, changes: Sequence[DeviceStateChange]) -> None:
         """Availability goes upstream once per change: online or offline, with the reason.
@@ -196,6 +228,8 @@ class Agent:
                 unit = self._bus_unit(site, bus.name)
                 if unit is not None:
                     await self._start_unit(unit)
+            if site.rules:
+                await self._start_unit(self._rules_unit(site))
             if site.fleet is not None and self.config_path is not None:
                 await self._start_unit(self._fleet_unit(site))
 
@@ -262,7 +296,7 @@ class Agent:
 
     async def _stop_units(self) -> None:
         """Buses first (no new readings), then uplinks (their batch in flight), then the page."""
-        order = {"fleet": -1, "bus": 0, "uplink": 1, "web": 2}
+        order = {"fleet": -1, "rules": -1, "bus": 0, "uplink": 1, "web": 2}
         for name in sorted(self.units, key=lambda n: order.get(n.split(":")[0], 3)):
             await self._stop_unit(name)
 
@@ -293,6 +327,26 @@ class Agent:
                 del self.runners[dev_id]
 
         return BusUnit(runner, bus_slice(site, bus_name), on_stop=forget)
+
+    def _rules_unit(self, site: SiteConfig) -> RulesUnit:
+        """The rules engine; it writes devices only through ``write_point``."""
+        beat = self.heartbeats.register("rules", CRITICAL_ALLOWANCE_S)
+        unit = RulesUnit(site, self.hub, self.write_point, state_dir=site.gateway.state_dir, beat=beat)
+        self.live.rules_status = unit.status
+        return unit
+
+    async def _reload_rules(self, site: SiteConfig, plan: Plan) -> None:
+        """Changed rules restart alone (the unit compares each rule); the others keep their state."""
+        unit = self.units.get("rules")
+        if isinstance(unit, RulesUnit) and site.rules:
+            plan.rules_restarted = await unit.update(site)
+        elif unit is not None:
+            await self._stop_unit("rules")
+            self.heartbeats.unregister("rules")
+            self.live.rules_status = None
+        elif site.rules:
+            await self._start_unit(self._rules_unit(site))
+            plan.rules_restarted = [r.name for r in site.rules]
 
     def _on_readings(self, readings: list[Reading]) -> None:
         if readings:
@@ -488,6 +542,8 @@ class Agent:
                 await self._start_unit(self._uplink_unit(up, filters[up.name]))
         if plan.web_restart and site.web.enabled:
             await self._start_unit(self._web_unit(site))
+        if plan.rules_changed:
+            await self._reload_rules(site, plan)
         if old.fleet != site.fleet:  # only the local file sets [fleet]; a push never gets here
             await self._stop_unit("fleet")
             if site.fleet is not None and self.config_path is not None:

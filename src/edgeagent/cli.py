@@ -394,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeagent.fleet.cli import add_fleet_parser
 
     add_fleet_parser(sub)
+    from edgeagent.rules.cli import add_rules_parsers
+
+    add_rules_parsers(sub)
     return parser
 
 

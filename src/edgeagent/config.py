@@ -45,6 +45,8 @@ from edgeagent.profiles import (
     profile_path,
     read_toml,
 )
+from edgeagent.rules.bind import rule_problems
+from edgeagent.rules.config import RuleConfig, TimeZoneName, included_rules
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 ConfigPath = Annotated[Path, Strict(False)]
@@ -81,6 +83,7 @@ class GatewayConfig(_Strict):
 
     id: Ident
     state_dir: ConfigPath = Path("/var/lib/edgeagent")
+    time_zone: TimeZoneName | None = Field(default=None, description="IANA zone for rules' time of day")
 
 
 MIB = 1024 * 1024
@@ -400,6 +403,8 @@ class SiteConfig(Located):
     devices: list[DeviceConfig] = Field(default_factory=list)
     uplinks: list[UplinkConfig] = Field(default_factory=list)
     fleet: FleetConfig | None = Field(default=None, description="the fleet bootstrap (local file only)")
+    include: list[str] = Field(default_factory=list, description="rule packs, relative to this file")
+    rules: list[RuleConfig] = Field(default_factory=list)
 
 
 def _duplicates(file: str, section: str, key: str, values: list[object]) -> list[ConfigProblem]:
@@ -612,7 +617,10 @@ def parse_config(data: dict[str, object], *, file: str = "<config>", base: Path 
         site = SiteConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(file, exc, data=data, schema=SiteConfig)) from exc
-    problems, _ = _cross_check(file, site)
+    rules, include_problems = included_rules(site, base or Path.cwd(), file)
+    site = site.model_copy(update={"rules": rules})
+    problems, profiles = _cross_check(file, site)
+    problems += include_problems + rule_problems(site, profiles)
     if problems:
         raise ConfigError(problems)
     return _resolve_paths(site, base or Path.cwd(), file)

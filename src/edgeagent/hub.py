@@ -75,11 +75,26 @@ class UplinkResult:
 
 @dataclass(frozen=True, slots=True)
 class AlarmTransition:
+    """An alarm of ``source`` (a device id, or "gateway") changed.
+
+    The gateway's own alarms (``store_corrupt``, ``ble_scanner_stalled``) only go active
+    and clear; a rule's alarm has a lifecycle (``state``: raised, acknowledged, cleared,
+    and a reminder while it stays raised unacknowledged), a severity and its rule.
+    """
+
     source: str  # a device id, or "gateway"
-    kind: str
+    kind: str  # store_corrupt; a rule's name; "<rule>:stale"; "action_failed:<point>"
     active: bool
     message: str
     ts: float = field(default_factory=time.time)
+    state: str = ""  # "raised" | "acknowledged" | "cleared" | "reminder"; "" for the gateway's own
+    severity: str = ""
+    rule: str | None = None  # None: one of the gateway's own alarms
+    user: str | None = None  # who acknowledged it
+
+    @property
+    def lifecycle_state(self) -> str:
+        return self.state or ("raised" if self.active else "cleared")
 
 
 Listener = Callable[[Sequence[Any]], None]

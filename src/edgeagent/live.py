@@ -115,9 +115,25 @@ class Alarm:
     times: int = 1
     acked_by: str | None = None  # who acknowledged this raising of it (a new raising asks again)
     acked_ts: float | None = None
+    severity: str = ""  # a rule's alarm: critical, major, minor, warning or info
+    rule: str | None = None  # the rule behind it; None for the gateway's own alarms
+
+    @property
+    def id(self) -> str:
+        return f"{self.source}/{self.kind}"
+
+    @property
+    def state(self) -> str:
+        if not self.active:
+            return "cleared"
+        return "acknowledged" if self.acked_by is not None else "raised"
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "id": self.id,
+            "state": self.state,
+            "severity": self.severity,
+            "rule": self.rule,
             "source": self.source,
             "kind": self.kind,
             "message": self.message,
@@ -141,16 +157,29 @@ class AlarmBook:
     def __init__(self, limit: int = 100) -> None:
         self.limit = limit
         self._entries: dict[tuple[str, str], Alarm] = {}
+        # Where an acknowledgement goes first (the agent: to the rules engine or upstream);
+        # it returns True when it recorded the acknowledgement here itself.
+        self.acknowledger: Callable[[str, str, str], bool] | None = None
 
-    def raise_(self, source: str, kind: str, message: str, ts: float | None = None) -> Alarm:
+    def raise_(
+        self,
+        source: str,
+        kind: str,
+        message: str,
+        ts: float | None = None,
+        *,
+        severity: str = "",
+        rule: str | None = None,
+    ) -> Alarm:
         now = time.time() if ts is None else ts
         alarm = self._entries.pop((source, kind), None)
         if alarm is None:
-            alarm = Alarm(source, kind, message, True, now)
+            alarm = Alarm(source, kind, message, True, now, severity=severity, rule=rule)
         else:
             alarm.times += 1
             alarm.message, alarm.active, alarm.raised_ts, alarm.cleared_ts = message, True, now, None
             alarm.acked_by = alarm.acked_ts = None
+            alarm.severity, alarm.rule = severity or alarm.severity, alarm.rule if rule is None else rule
         self._entries[(source, kind)] = alarm
         while len(self._entries) > self.limit:
             cleared = next((k for k, a in self._entries.items() if not a.active), None)
@@ -166,9 +195,21 @@ class AlarmBook:
     def acknowledge(self, source: str, kind: str, user: str, ts: float | None = None) -> Alarm | None:
         """Someone has seen it: recorded until the alarm is raised again. None if there is no such alarm."""
         alarm = self._entries.get((source, kind))
+        if alarm is not None and self.acknowledger is not None and self.acknowledger(source, kind, user):
+            return alarm
+        return self.mark_acknowledged(source, kind, user, ts)
+
+    def mark_acknowledged(self, source: str, kind: str, user: str, ts: float | None = None) -> Alarm | None:
+        """Record an acknowledgement (what ``acknowledge`` does once it has been routed)."""
+        alarm = self._entries.get((source, kind))
         if alarm is not None:
             alarm.acked_by, alarm.acked_ts = user, time.time() if ts is None else ts
         return alarm
+
+    def find(self, alarm_id: str) -> Alarm | None:
+        """An alarm by its id, ``<source>/<kind>``."""
+        source, _, kind = alarm_id.partition("/")
+        return self._entries.get((source, kind))
 
     def active(self) -> list[Alarm]:
         return [a for a in self._entries.values() if a.active]
@@ -194,6 +235,8 @@ class Live:
     uplinks: dict[str, UplinkLive] = field(default_factory=dict)
     buses: dict[str, BusLive] = field(default_factory=dict)
     alarms: AlarmBook = field(default_factory=AlarmBook)
+    # The rules engine's own view (each rule's last evaluation and firing), when rules run.
+    rules_status: Callable[[], dict[str, object]] | None = None
 
     @property
     def uptime_s(self) -> float:

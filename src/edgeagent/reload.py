@@ -69,6 +69,8 @@ class Plan:
     uplinks_start: list[str] = field(default_factory=list)
     web_restart: bool = False
     store_changed: bool = False
+    rules_changed: bool = False  # rules to bind again: only those whose definition changed restart
+    rules_restarted: list[str] = field(default_factory=list)  # filled in as the plan is applied
 
     def describe(self) -> str:
         parts = []
@@ -90,6 +92,8 @@ class Plan:
             parts.append("status page restarted")
         if self.store_changed:
             parts.append("store settings changed")
+        if self.rules_restarted:
+            parts.append(f"rules restarted: {', '.join(sorted(self.rules_restarted))}")
         return "; ".join(parts) or "nothing changed"
 
     def __str__(self) -> str:
@@ -169,4 +173,6 @@ def plan_reload(old: SiteConfig, new: SiteConfig) -> Plan:
             plan.uplinks_start.append(name)
     plan.web_restart = old.web != new.web
     plan.store_changed = old.store != new.store
+    # Rules are bound to devices (tags, points, poll intervals): the rules unit compares each one.
+    plan.rules_changed = bool(old.rules or new.rules)
     return plan
