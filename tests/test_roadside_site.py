@@ -59,8 +59,8 @@ async def test_every_device_of_the_roadside_set_is_live_on_the_status_page(
 ) -> None:
     async with running_site(tmp_path, ingest) as (agent, site):
         devices = agent.live.devices
-        assert len(devices) == 14
-        assert sum(1 for d in agent.site.devices if d.bus == "rs485-pole") == 8
+        assert len(devices) == 15
+        assert sum(1 for d in agent.site.devices if d.bus == "rs485-pole") == 9
         await wait_until(
             lambda: all(d.state.value == "online" and d.points for d in devices.values()), 20, "every device live"
         )

@@ -150,9 +150,12 @@ class VisibilityUnit(SimUnit):
         self._t0 = time.monotonic()
         self._rng = random.Random(seed)
         self.status_bits = 0
+        self.fixed_visibility_m: float | None = None  # a test's fog, instead of the drifting banks
 
     def visibility_m(self, now: float) -> float:
         """Fog banks drifting past: clear (10 km) down to 80 m and back."""
+        if self.fixed_visibility_m is not None:
+            return self.fixed_visibility_m
         x = ((now - self._t0) % self.fog_period_s) / self.fog_period_s
         depth = max(0.0, math.sin(2 * math.pi * x)) ** 3
         return max(10.0, 10_000.0 * (1 - depth) + 80.0 * depth + self._rng.gauss(0, 5))
@@ -208,3 +211,52 @@ class LampControllerUnit(SimUnit):
         t[2] = round(power * 10)
         t[3:5] = encode_value(round(self.energy_wh / 10), "uint32")
         t[5] = 1 if self.failed else 0
+
+
+class SignControllerUnit(SimUnit):
+    """A roadside sign controller: coil 0 closure panel, holding 0 speed limit (km/h), discrete 0 fault.
+
+    ``refuse_writes`` (a Modbus exception code) answers every write with that exception,
+    as a controller in a fault state does; ``reboot()`` brings it back blank (panel off,
+    no limit), as after a power dip. ``changes`` records each value a write changed, with
+    the time, so a test can see the sign light up and go dark.
+    """
+
+    model = "generic_sign_controller"
+    SPEED_STEP = 10
+    SPEED_MAX = 130
+
+    def __init__(self) -> None:
+        super().__init__(holding=1, coils=1, discrete=1, writable=[("coil", 0), ("holding", 0)])
+        self.refuse_writes: int | None = None
+        self.changes: list[tuple[float, str, int]] = []  # (monotonic time, "closure" | "speed_limit", value)
+        self.reboots = 0
+
+    @property
+    def closure(self) -> int:
+        return self.tables["coil"][0]
+
+    @property
+    def speed_limit(self) -> int:
+        return self.tables["holding"][0]
+
+    def check_write(self, table: str, address: int, value: int) -> None:
+        if self.refuse_writes is not None:
+            raise SimException(self.refuse_writes)
+        if table == "holding" and (value % self.SPEED_STEP or value > self.SPEED_MAX):
+            raise SimException(ILLEGAL_VALUE)
+
+    def write(self, table: str, address: int, values: list[int]) -> None:
+        before = (self.closure, self.speed_limit)
+        super().write(table, address, values)
+        now = time.monotonic()
+        if self.closure != before[0]:
+            self.changes.append((now, "closure", self.closure))
+        if self.speed_limit != before[1]:
+            self.changes.append((now, "speed_limit", self.speed_limit))
+
+    def reboot(self) -> None:
+        """Power dip: every value is lost."""
+        self.tables["coil"][0] = 0
+        self.tables["holding"][0] = 0
+        self.reboots += 1

@@ -28,6 +28,7 @@ class RadarSimulator(PtySimulator):
         self._garbage = b""
         self._rng = random.Random(seed)
         self._vehicles: list[list[float]] = []  # [range_m, speed_m_s]
+        self.vehicle_speed_m_s: float | None = None  # a test's traffic: every vehicle at this speed
 
     def _background(self) -> Coroutine[Any, Any, None]:
         return self._stream()  # the data port is output only: what the agent writes is ignored
@@ -42,7 +43,12 @@ class RadarSimulator(PtySimulator):
         for v in self._vehicles:
             v[0] -= v[1] * dt
         self._vehicles = [v for v in self._vehicles if v[0] > 2.0]
-        if len(self._vehicles) < 3 and self._rng.random() < 0.08:
+        if self.vehicle_speed_m_s is not None:
+            for v in self._vehicles:
+                v[1] = self.vehicle_speed_m_s
+            if not self._vehicles:
+                self._vehicles.append([60.0, self.vehicle_speed_m_s])
+        elif len(self._vehicles) < 3 and self._rng.random() < 0.08:
             self._vehicles.append([60.0, self._rng.uniform(10.0, 25.0)])
         points = [
             RadarPoint(

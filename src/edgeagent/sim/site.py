@@ -1,7 +1,8 @@
 """Every simulated device of the roadside demo site, started together.
 
 ``RoadsideSite`` stands up what ``config/demo.toml`` names: a Modbus TCP waterlogging
-sensor, an RS-485 line of eight RTU devices (at real line timing), a Vaisala PWD22 and a
+sensor, an RS-485 line of nine RTU devices (at real line timing; a sign controller the
+rules switch among them), a Vaisala PWD22 and a
 TI radar on their own ptys, and a BLE radio with manhole sensors and a RuuviTag.
 ``fill`` points a parsed config's buses at them. The demo and the site test use it, so
 both run the production code paths end to end.
@@ -16,7 +17,14 @@ from bleak.backends.scanner import BaseBleakScanner
 
 from edgeagent.sim.ble import BthomeManholeSensor, PhoneNoise, RuuviTagSim, SimulatedRadio
 from edgeagent.sim.modbus_rtu import RtuBusSimulator
-from edgeagent.sim.modbus_units import LampControllerUnit, SimUnit, Urm13Unit, VisibilityUnit, WaterLevelUnit
+from edgeagent.sim.modbus_units import (
+    LampControllerUnit,
+    SignControllerUnit,
+    SimUnit,
+    Urm13Unit,
+    VisibilityUnit,
+    WaterLevelUnit,
+)
 from edgeagent.sim.pwd import PwdSimulator
 from edgeagent.sim.radar import RadarSimulator
 from edgeagent.sim.water_level import RainEvent, WaterLevelSimulator
@@ -39,6 +47,7 @@ def rtu_units(rain_period_s: float = 120.0) -> dict[int, SimUnit]:
         21: VisibilityUnit(fog_period_s=420.0, seed=6),
         31: LampControllerUnit(dim_level=70),
         32: LampControllerUnit(dim_level=40),
+        40: SignControllerUnit(),
     }
 
 
@@ -60,6 +69,13 @@ class RoadsideSite:
                 PhoneNoise("4C:11:22:33:44:55", interval_s=0.5, rssi=-88),
             ]
         )
+
+    @property
+    def sign(self) -> SignControllerUnit:
+        """The closure / speed-limit sign on the RS-485 line (unit 40, ``sign-01``)."""
+        unit = self.rtu.units[40]
+        assert isinstance(unit, SignControllerUnit)
+        return unit
 
     @property
     def ble_backend(self) -> type[BaseBleakScanner]:
