@@ -166,7 +166,8 @@ class RulesUnit:
     # -- what the engine said ------------------------------------------------------------------
 
     def _flush(self, user: str | None = None) -> None:
-        out, self._out = self._out, []
+        out = self._out[:]  # the engine appends to this very list
+        self._out.clear()
         alarms: list[AlarmTransition] = []
         for item in out:
             if isinstance(item, Transition):
