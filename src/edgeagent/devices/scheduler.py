@@ -310,7 +310,7 @@ class BusPoller:
             outcome = None
         finally:
             entry.health.live.framing_errors += device.framing_errors - framing_before
-            if frames is not None:
+            if frames:  # nothing sent (the bus cannot be reached): the last exchange stays shown
                 entry.health.live.frames = list(frames)
             if self.close_after_poll:
                 await self.transport.close()

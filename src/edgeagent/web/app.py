@@ -16,6 +16,7 @@ import hmac
 import html
 import ipaddress
 import logging
+import re
 from collections.abc import Collection
 from importlib import resources
 from typing import Any
@@ -50,7 +51,8 @@ STATIC_TYPES = {
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # "no-referrer" would make a browser send "Origin: null" with the login form; nothing leaves the page.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
 }
@@ -140,10 +142,10 @@ def _bearer_ok(request: web.Request, page: Page) -> bool:
 
 
 def _refuse(request: web.Request, status: int, text: str) -> web.StreamResponse:
+    if status == 401 and request.path == "/" and request.method == "GET":
+        raise web.HTTPSeeOther("/login")  # a person: to the login page
     if request.path.startswith(("/api/", "/metrics", "/logout")):
         return web.json_response({"error": text}, status=status)
-    if status == 401:
-        raise web.HTTPSeeOther("/login")
     return web.Response(status=status, text=f"{status}: {text}\n")
 
 
@@ -212,15 +214,18 @@ def _login_html(page: Page, *, csrf: str, error: str = "", user: str = "") -> st
 """
 
 
-def _login_page(page: Page, status: int = 200, **kwargs: str) -> web.Response:
-    csrf = new_secret()
+def _login_page(page: Page, status: int = 200, *, request: web.Request, **kwargs: str) -> web.Response:
+    # One token per browser until it logs in: a second tab (or a favicon fetch) must not void the first form.
+    csrf = request.cookies.get(LOGIN_COOKIE, "")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{43}", csrf):
+        csrf = new_secret()
     response = web.Response(text=_login_html(page, csrf=csrf, **kwargs), content_type="text/html", status=status)
     response.set_cookie(LOGIN_COOKIE, csrf, httponly=True, samesite="Strict", path="/", secure=page.tls)
     return response
 
 
 async def _login_get(request: web.Request) -> web.StreamResponse:
-    return _login_page(request.app[PAGE_KEY])
+    return _login_page(request.app[PAGE_KEY], request=request)
 
 
 async def _login_post(request: web.Request) -> web.StreamResponse:
@@ -236,13 +241,15 @@ async def _login_post(request: web.Request) -> web.StreamResponse:
     sent = str(form.get("csrf", ""))
     if not _same_origin(request) or not cookie or not hmac.compare_digest(sent.encode(), cookie.encode()):
         log.warning("refused a login from %s: no matching Origin or CSRF token", client)
-        return _login_page(page, 403, error="This login form has expired: try again.")
+        return _login_page(page, 403, request=request, error="This login form has expired: try again.")
     keys = (f"client:{client}", f"user:{name.lower()}")
     wait = page.throttle.wait_s(*keys)
     if wait > 0:
         log.warning("login for %r from %s refused: too many failures, %.0f s to wait", name, client, wait)
         page.audit(name or "-", client, "login", name, "refused: too many failures")
-        response = _login_page(page, 429, error=f"Too many failed logins. Try again in {wait:.0f} s.", user=name)
+        response = _login_page(
+            page, 429, request=request, error=f"Too many failed logins. Try again in {wait:.0f} s.", user=name
+        )
         response.headers["Retry-After"] = str(int(wait + 0.999))
         return response
     user = page.users().get(name) if USER_NAME.match(name) else None
@@ -251,7 +258,7 @@ async def _login_post(request: web.Request) -> web.StreamResponse:
         page.throttle.failed(*keys)
         log.warning("failed login for %r from %s", name, client)
         page.audit(name or "-", client, "login", name, "failed")
-        return _login_page(page, 401, error="Wrong user name or password.", user=name)
+        return _login_page(page, 401, request=request, error="Wrong user name or password.", user=name)
     page.throttle.succeeded(keys[1])
     old = request.cookies.get(SESSION_COOKIE)
     if old:

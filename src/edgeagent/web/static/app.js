@@ -6,6 +6,7 @@
 
 const STALE_MS = 7000;
 const REFRESH_MS = 15000;
+const BUSY = "working…";
 let model = null;
 let session = { user: "", role: "viewer", csrf: "" };
 let lastHeard = 0;
@@ -128,8 +129,9 @@ function drawChart(host, d, name) {
   if (!window.uPlot || !h.ts.length) { host.replaceChildren(el("p", { class: "muted" }, "no history yet")); return; }
   const p = d.points.find((q) => q.name === name) || {};
   const width = Math.max(280, host.clientWidth || 320);
-  chart = new uPlot({ width, height: 200, series: [{}, { label: `${p.title || name} ${p.unit_shown || ""}`, stroke: "#0b5cad", width: 2 }],
-    axes: [{}, { size: 60 }], legend: { show: false } }, [h.ts, h.values], host);
+  const hour = () => { const now = Date.now() / 1000; return [now - 3600, now]; };
+  chart = new uPlot({ width, height: 200, series: [{}, { label: `${p.title || name} ${p.unit_shown || ""}`, stroke: "#0041a8", width: 2, points: { size: 5 } }],
+    scales: { x: { time: true, range: hour } }, axes: [{}, { size: 60, label: p.unit_shown || "" }], legend: { show: false } }, [h.ts, h.values], host);
 }
 
 function updateChart(id) {
@@ -159,7 +161,7 @@ function devicePage(id, partial) {
       el("p", { class: "muted" }, [d.asset.location, d.asset.owner].filter(Boolean).join(" · ")),
       el("div", { class: "actions" },
         info.repoll !== false ? el("button", { type: "button", id: "repoll", onclick: () => repoll(d.id) }, "Re-poll now") : null,
-        note ? el("span", { id: "action-result", class: note.startsWith("ok") ? "ok" : "bad" }, note) : null)),
+        note ? el("span", { id: "action-result", class: note === BUSY ? "busy" : note.startsWith("ok") ? "ok" : "bad" }, note) : null)),
     el("section", { id: "dev-values" }, el("h3", {}, "Values"), el("div", { class: "points" }, d.points.map(pointLine))),
     numeric.length ? el("section", { id: "dev-chart" }, el("h3", {}, "Last hour ", pick), chartHost) : null,
     writable.length && session.role === "technician" ? writeForm(d, writable) : null,
@@ -237,7 +239,7 @@ function logsPage() {
 // -- actions ------------------------------------------------------------------------
 
 async function act(key, path, body) {
-  notes[key] = "working…";
+  notes[key] = BUSY;
   render();
   try { notes[key] = (await api(path, body)).result; } catch (err) { notes[key] = `failed: ${err.message}`; }
   render();
