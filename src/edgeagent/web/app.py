@@ -297,6 +297,7 @@ async def _asset(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     response = web.Response(body=(_STATIC / name).read_bytes(), content_type=kind)
     response.headers["Cache-Control"] = "max-age=3600"
+    response.enable_compression()  # gzip when the browser takes it: uPlot is 51 KB, 22 KB gzipped
     return response
 
 

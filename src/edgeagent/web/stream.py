@@ -2,7 +2,8 @@
 
 Each browser gets its own bounded hub queue that keeps only the newest entry per device,
 bus, destination and alarm (``QUEUE_LEN`` at most), so a phone on a weak link falls
-behind by skipping stale values and can never slow a bus. Events carry the whole new
+behind by skipping stale values and can never slow a bus; and it is read at most every
+``COALESCE_S``, so a fast device costs one event per half second, not one per poll. Events carry the whole new
 state of what changed (a device with its points, a bus, a destination, the alarm
 list), not a diff, so a skipped one loses nothing. A heartbeat goes out every
 ``HEARTBEAT_S`` when nothing else does: the page counts silence longer than its
@@ -26,6 +27,7 @@ from edgeagent.web.page import Page
 from edgeagent.web.status import device_dict
 
 HEARTBEAT_S = 3.0
+COALESCE_S = 0.5
 RETRY_MS = 2000
 QUEUE_LEN = 256
 MAX_STREAMS = 16  # browsers streaming at once; the connection cap bounds everything else
@@ -90,13 +92,20 @@ async def handler(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 async with asyncio.timeout(HEARTBEAT_S):
-                    topic, entry = await sub.get()
+                    first = await sub.get()
             except TimeoutError:
                 await response.write(f"event: heartbeat\ndata: {time.time():.3f}\n\n".encode())
                 continue
-            data = _event(page, topic, entry, meta)
-            if data is not None:
-                await response.write(data)
+            # A device polled ten times a second is shown at most every COALESCE_S: meanwhile
+            # its newer entries replace older ones in the queue, and one event says it all.
+            await asyncio.sleep(COALESCE_S)
+            latest = {(first[0], _key(first[1])): first}
+            for _ in range(len(sub)):
+                topic, entry = await sub.get()
+                latest[(topic, _key(entry))] = (topic, entry)
+            chunk = b"".join(filter(None, (_event(page, t, e, meta) for t, e in latest.values())))
+            if chunk:
+                await response.write(chunk)
     except (ConnectionResetError, ConnectionError):
         pass  # the browser went away
     finally:
