@@ -14,6 +14,7 @@ from edgeagent.agent import Agent
 from edgeagent.sim.ingest import IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
 from edgeagent.units import WebUnit
+from edgeagent.web.auth import set_password
 from tests.helpers import API_AUTH, wait_until
 from tests.test_pipeline import running_agent
 from tests.webclient import TEST_PASSWORD, logged_in, origin_of, post_login
@@ -155,6 +156,12 @@ async def test_sessions_rotate_at_login_end_at_logout_and_carry_safe_cookie_flag
                 assert resp.status == 401, "the session from before the new login is gone"
             page.csrf = (await page.get("/api/session"))[1]["csrf"]
             status, _ = await page.post("/logout")
+            # A new password (edgeagent passwd) ends every session made with the old one.
+            again = await post_login(page.http, base, "tech", TEST_PASSWORD)
+            assert again.status == 303
+            assert (await page.get("/api/status"))[0] == 200
+            set_password(tmp_path / "state" / "web-users", "tech", "a brand new password", "technician")
+            assert (await page.get("/api/status"))[0] == 401
             assert status == 200
             async with (
                 aiohttp.ClientSession() as other,

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from edgeagent.web.auth import USER_NAME, new_secret, verify_password
+from edgeagent.web.auth import USER_NAME, new_secret, password_stamp, verify_password
 from edgeagent.web.page import Page
 from edgeagent.web.sessions import Session
 
@@ -159,7 +159,15 @@ async def _login_door(request: web.Request, handler: Any) -> web.StreamResponse:
     if path == "/metrics" and page.cfg.metrics_auth == "none":
         return await handler(request)  # type: ignore[no-any-return]
     assert page.sessions is not None
-    session = page.sessions.get(request.cookies.get(SESSION_COOKIE))
+    session_id = request.cookies.get(SESSION_COOKIE)
+    session = page.sessions.get(session_id)
+    if session is not None and session_id:
+        user = page.session_user(session)
+        if user is None:  # removed, or a new password since this login
+            page.sessions.drop(session_id)
+            session = None
+        else:
+            session.role = user.role  # a role changed with `edgeagent passwd --role` counts at once
     if session is None:
         # A machine reads with the token; it never changes anything.
         if request.method in ("GET", "HEAD") and _bearer_ok(request, page):
@@ -263,7 +271,7 @@ async def _login_post(request: web.Request) -> web.StreamResponse:
     old = request.cookies.get(SESSION_COOKIE)
     if old:
         page.sessions.drop(old)
-    session_id, _ = page.sessions.create(user.name, user.role)
+    session_id, _ = page.sessions.create(user.name, user.role, password_stamp(user))
     page.audit(user.name, client, "login", user.name, "ok")
     redirect = web.HTTPSeeOther("/")
     redirect.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/", secure=page.tls)

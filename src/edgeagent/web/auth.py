@@ -77,6 +77,11 @@ class User:
     hash: str
 
 
+def password_stamp(user: User) -> str:
+    """A short digest of the user's hash: a session made with it ends when the password changes."""
+    return hashlib.sha256(user.hash.encode()).hexdigest()[:16]
+
+
 def users_path(users_file: Path | None, state_dir: Path) -> Path:
     return users_file if users_file is not None else state_dir / USERS_FILE
 

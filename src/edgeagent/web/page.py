@@ -20,10 +20,10 @@ from edgeagent.config import HttpUplinkConfig, MqttUplinkConfig, SiteConfig, pro
 from edgeagent.errors import ConfigError
 from edgeagent.hub import Hub, Topic
 from edgeagent.model import Priority, Reading
-from edgeagent.web.auth import LoginThrottle, User, read_users, users_path
+from edgeagent.web.auth import LoginThrottle, User, password_stamp, read_users, users_path
 from edgeagent.web.history import History
 from edgeagent.web.logbuf import RecentLog
-from edgeagent.web.sessions import SessionStore
+from edgeagent.web.sessions import Session, SessionStore
 from edgeagent.web.status import StatusFn, point_meta, status_builder
 from edgeagent.web.tls import served_fingerprint
 
@@ -85,14 +85,30 @@ class Page:
     stream_dropped: int = 0
     fingerprint: str | None = None
     _unlisten: Any = None
+    _users: dict[str, User] = field(default_factory=dict)
+    _users_key: tuple[int, int, int] | None = None
 
     @property
     def cfg(self) -> Any:
         return self.host.site.web
 
     def users(self) -> dict[str, User]:
-        """Read at each login, so ``edgeagent passwd`` takes effect without a restart."""
-        return read_users(users_path(self.cfg.users_file, self.state_dir))
+        """Read again whenever the file changed, so ``edgeagent passwd`` takes effect without a restart."""
+        path = self.users_file
+        try:
+            st = path.stat()
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = None
+        if key is None or key != self._users_key:
+            self._users = read_users(path) if key is not None else {}
+            self._users_key = key
+        return self._users
+
+    def session_user(self, session: Session) -> User | None:
+        """The session's user as the users file has them now: None once removed or given a new password."""
+        user = self.users().get(session.user)
+        return user if user is not None and password_stamp(user) == session.stamp else None
 
     @property
     def users_file(self) -> Path:

@@ -32,7 +32,7 @@ TOUCH_EVERY_S = 60.0  # last-seen times are written at most this often per sessi
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id_hash TEXT PRIMARY KEY, user TEXT NOT NULL, role TEXT NOT NULL, csrf TEXT NOT NULL,
-    created REAL NOT NULL, last_seen REAL NOT NULL) STRICT;
+    created REAL NOT NULL, last_seen REAL NOT NULL, stamp TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, user TEXT NOT NULL, client TEXT NOT NULL,
     action TEXT NOT NULL, target TEXT NOT NULL, result TEXT NOT NULL) STRICT;
@@ -50,6 +50,7 @@ class Session:
     csrf: str
     created: float
     last_seen: float
+    stamp: str = ""  # which password the login was made with: a new one ends the session
     written: float = 0.0
 
 
@@ -74,7 +75,7 @@ class SessionStore:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.executescript(_SCHEMA)
         self._db = db
-        return db.execute("SELECT id_hash, user, role, csrf, created, last_seen FROM sessions").fetchall()
+        return db.execute("SELECT id_hash, user, role, csrf, created, last_seen, stamp FROM sessions").fetchall()
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> None:
         assert self._db is not None
@@ -96,8 +97,8 @@ class SessionStore:
 
     async def open(self) -> None:
         now = time.time()
-        for id_hash, user, role, csrf, created, last_seen in await self._call(self._open):
-            session = Session(user, role, csrf, created, last_seen, last_seen)
+        for id_hash, user, role, csrf, created, last_seen, stamp in await self._call(self._open):
+            session = Session(user, role, csrf, created, last_seen, stamp, last_seen)
             if self._alive(session, now):
                 self._sessions[id_hash] = session
         self._write("DELETE FROM sessions WHERE created < ? OR last_seen < ?", now - self.max_s, now - self.idle_s)
@@ -113,14 +114,21 @@ class SessionStore:
     def _alive(self, s: Session, now: float) -> bool:
         return now - s.last_seen < self.idle_s and now - s.created < self.max_s
 
-    def create(self, user: str, role: str) -> tuple[str, Session]:
+    def create(self, user: str, role: str, stamp: str = "") -> tuple[str, Session]:
         """A new session with a fresh random id (a login always gets a new one)."""
         session_id = new_secret()
         now = time.time()
-        session = Session(user, role, new_secret(), now, now, now)
+        session = Session(user, role, new_secret(), now, now, stamp, now)
         self._sessions[_hash(session_id)] = session
         self._write(
-            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)", _hash(session_id), user, role, session.csrf, now, now
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _hash(session_id),
+            user,
+            role,
+            session.csrf,
+            now,
+            now,
+            stamp,
         )
         return session_id, session
 
