@@ -73,9 +73,11 @@ class Snapshot(Collector):
         yield CounterMetricFamily(
             "edgeagent_alarm_transitions", "Alarms raised or cleared", value=host.hub.published[Topic.ALARM]
         )
-        rules = getattr(host, "rules", None)
-        evaluations = getattr(rules, "evaluations", None)
-        if isinstance(evaluations, int):
+        rules_status = getattr(live, "rules_status", None)  # set by the agent while rules run
+        if callable(rules_status):
+            status = rules_status()
+            rules = status.get("rules", []) if isinstance(status, dict) else []
+            evaluations = sum(int(r.get("evaluations", 0)) for r in rules if isinstance(r, dict))
             yield CounterMetricFamily("edgeagent_rule_evaluations", "Rule evaluations", value=evaluations)
         hub = CounterMetricFamily("edgeagent_hub_published", "Entries published on the hub", labels=["topic"])
         for topic, n in host.hub.published.items():

@@ -104,7 +104,8 @@ function alarmItem(a) {
   const ack = a.acked_by ? el("span", { class: "muted" }, `acknowledged by ${a.acked_by} ${ago(a.acked_ts)}`)
     : (session.role === "technician" ? el("button", { type: "button", class: "ack", onclick: () => acknowledge(a) }, "Acknowledge") : null);
   return el("li", { class: `alarm ${a.active ? "active" : "cleared"}`, "data-alarm": `${a.source}/${a.kind}` },
-    el("div", {}, el("strong", {}, `${a.source} · ${a.kind}`), " ", el("span", { class: "state" }, a.active ? "active" : "cleared")),
+    el("div", {}, el("strong", {}, `${a.source} · ${a.kind}`), " ",
+      el("span", { class: "state" }, `${a.active ? "active" : "cleared"}${a.severity ? ` · ${a.severity}` : ""}`)),
     el("div", {}, a.message),
     el("div", { class: "muted" }, `raised ${ago(a.ts)}${a.times > 1 ? ` · ${a.times} times` : ""}`), ack);
 }
@@ -128,6 +129,7 @@ function drawChart(host, d, name) {
   const h = (detail[d.id] && detail[d.id].history[name]) || { ts: [], values: [] };
   if (!window.uPlot || !h.ts.length) { host.replaceChildren(el("p", { class: "muted" }, "no history yet")); return; }
   const p = d.points.find((q) => q.name === name) || {};
+  host.replaceChildren();
   const width = Math.max(280, host.clientWidth || 320);
   const hour = () => { const now = Date.now() / 1000; return [now - 3600, now]; };
   chart = new uPlot({ width, height: 200, series: [{}, { label: `${p.title || name} ${p.unit_shown || ""}`, stroke: "#0041a8", width: 2, points: { size: 5 } }],
