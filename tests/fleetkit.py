@@ -232,24 +232,39 @@ class Reports:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
+    def mark(self) -> int:
+        """Where the reports seen so far end: a wait ``after`` it sees only newer ones."""
+        return len(self.seen)
+
     async def wait(
-        self, gateway: str, predicate: Callable[[dict[str, Any]], bool], what: str, timeout_s: float = 20.0
+        self,
+        gateway: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout_s: float = 20.0,
+        after: int = 0,
     ) -> dict[str, Any]:
         def found() -> bool:
-            return any(d["gateway"] == gateway and predicate(d) for d in self.seen)
+            return any(d["gateway"] == gateway and predicate(d) for d in self.seen[after:])
 
         await wait_until(found, timeout_s, f"{gateway}: {what} (last report: {self.latest.get(gateway)})")
-        return next(d for d in reversed(self.seen) if d["gateway"] == gateway and predicate(d))
+        return next(d for d in reversed(self.seen[after:]) if d["gateway"] == gateway and predicate(d))
 
     async def outcome(
-        self, gateway: str, version: int | None, outcome: str, code: str | None = None, timeout_s: float = 20.0
+        self,
+        gateway: str,
+        version: int | None,
+        outcome: str,
+        code: str | None = None,
+        timeout_s: float = 20.0,
+        after: int = 0,
     ) -> dict[str, Any]:
         def match(d: dict[str, Any]) -> bool:
             last = d.get("last") or {}
             return last.get("version") == version and last.get("outcome") == outcome and last.get("code") == code
 
         label = f"{outcome}{': ' + code if code else ''} of version {version}"
-        return await self.wait(gateway, match, label, timeout_s)
+        return await self.wait(gateway, match, label, timeout_s, after)
 
 
 # -- the receiver side --------------------------------------------------------------------------
@@ -279,7 +294,8 @@ class FleetAgent:
         self.config = config
         self.folder = folder
         self.good_clock = good_clock
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self.proc: asyncio.subprocess.Process | None = None
         self.notify: NotifySocket | None = None
         self.log = folder / f"agent-{config.stem}.log"

@@ -51,10 +51,6 @@ def check_site(site: SiteConfig) -> None:
         from edgeagent.fleet.compose import fleet_problems  # the trust file and the fleet channels' files
 
         problems += fleet_problems(site.fleet)
-    if site.fleet is not None:
-        from edgeagent.fleet.compose import fleet_problems  # the trust file and the fleet channels' files
-
-        problems += fleet_problems(site.fleet)
     if site.web.enabled:
         problems += _page_problems(site)
     if problems:

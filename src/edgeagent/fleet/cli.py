@@ -335,7 +335,8 @@ async def collect(
 
 
 def judge(report: dict[str, Any], target: int | None) -> str:
-    """applied, pending or failed: against the group's pushed version when known, else the last outcome."""
+    """applied, pending or failed: against the group's pushed version when known, else by the last
+    outcome (``local``: never took a push, it runs its local file)."""
     last = report.get("last") or {}
     running = report.get("running_version") or 0
     outcome = last.get("outcome")
@@ -347,7 +348,9 @@ def judge(report: dict[str, Any], target: int | None) -> str:
         return "pending"
     if outcome in ("rejected", "rolled_back"):
         return "failed"
-    return "pending" if outcome == "applying" else "applied"
+    if outcome == "applying":
+        return "pending"
+    return "applied" if outcome == "applied" or running else "local"
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -364,7 +367,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.group:
         reports = {g: r for g, r in reports.items() if args.group in (r.get("groups") or [])}
     rows = [("GATEWAY", "VERSION", "STATE", "LAST OUTCOME", "REASON")]
-    counts = {"applied": 0, "pending": 0, "failed": 0}
+    counts = {"applied": 0, "pending": 0, "failed": 0, "local": 0}
     for gateway in sorted(reports):
         r = reports[gateway]
         state = judge(r, target)
@@ -380,8 +383,9 @@ def _status(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
     of = f" of group {args.group} (pushed version {target if target is not None else 'unknown'})" if args.group else ""
+    local = f", {counts['local']} on their local config" if counts["local"] else ""
     print(
-        f"{counts['applied']} applied, {counts['pending']} pending, {counts['failed']} failed; "
+        f"{counts['applied']} applied, {counts['pending']} pending, {counts['failed']} failed{local}; "
         f"{len(reports)} gateways reporting{of}"
     )
     if counts["failed"]:

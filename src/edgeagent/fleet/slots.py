@@ -197,16 +197,16 @@ class Slots:
     # -- marker, trust, state ----------------------------------------------------------
 
     def marker(self) -> Marker | None:
-        doc = self._read_json(MARKER)
-        if doc is None:
+        if self.read(MARKER) is None:
             return None
+        # A marker that is there at all means an apply began, whatever a cut-short write left in it.
+        doc = self._read_json(MARKER) or {}
         try:
             return Marker(
                 int(doc["version"]), int(doc["previous_version"]), str(doc["bundle_digest"]), float(doc["started_at"])
             )
         except (KeyError, TypeError, ValueError) as exc:
-            # A marker that is there at all means an apply began: treat it as one of unknown version.
-            log.error("fleet: %s is damaged (%s)", self.folder / MARKER, exc)
+            log.error("fleet: %s is damaged (%s): an apply of unknown version was under way", self.folder / MARKER, exc)
             return Marker(0, 0, "", 0.0)
 
     def write_marker(self, marker: Marker) -> None:
