@@ -313,7 +313,9 @@ function heard() {
   document.getElementById("link").textContent = "live";
 }
 
+let ticks = 0;
 function watch() {
+  if (++ticks % 5 === 0) render();  // ages ("last seen 40 s ago") go on growing, above all when nothing comes
   const silent = Date.now() - lastHeard > STALE_MS;
   const closed = source && source.readyState === EventSource.CLOSED;
   if ((silent || closed) && unreachableSince === null && lastHeard) {
@@ -323,6 +325,7 @@ function watch() {
     banner.textContent = `Agent unreachable since ${new Date(unreachableSince).toLocaleTimeString()}: values below are the last known.`;
     banner.hidden = false;
     document.getElementById("link").textContent = "unreachable";
+    render();
   }
   if (closed) connect();
 }
