@@ -104,9 +104,11 @@ owner = "tests"
 """
 
 
-def payload(modbus_port: int | None, ingest_url: str | None, devices: str = "", extra: str = "") -> str:
+def payload(
+    modbus_port: int | None, ingest_url: str | None, devices: str = "", extra: str = "", web: str = "enabled = false"
+) -> str:
     """A site config as a bundle carries it: no [gateway], no [fleet]."""
-    parts = ["[store]\ncommit_interval_ms = 100\n\n[web]\nenabled = false\n"]
+    parts = [f"[store]\ncommit_interval_ms = 100\n\n[web]\n{web}\n"]
     if modbus_port is not None:
         parts.append(
             f"""

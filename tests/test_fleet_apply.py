@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from edgeagent.fleet.slots import LAST_GOOD, MARKER
+from edgeagent.reload import config_hash
 from edgeagent.sim.ingest import IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
 from tests.fleetkit import (
@@ -32,7 +33,7 @@ from tests.fleetkit import (
     times,
     write_trust,
 )
-from tests.helpers import wait_until
+from tests.helpers import api_status, api_token_line, free_port, wait_until
 from tests.mosquitto import Mosquitto
 
 GW = "gw-a"
@@ -48,7 +49,9 @@ async def test_a_group_push_then_a_gateway_push_are_applied_and_reported_without
         Reports(broker.port) as reports,
     ):
         config = tmp_path / "site.toml"
-        local = payload(sim.port, ingest.url, device("wl-01", 1))
+        web_port = free_port()
+        web = f"port = {web_port}\n{api_token_line(tmp_path / 'state')}"
+        local = payload(sim.port, ingest.url, device("wl-01", 1), web=web)
         config.write_text(
             gateway_config(
                 gateway=GW,
@@ -67,15 +70,21 @@ async def test_a_group_push_then_a_gateway_push_are_applied_and_reported_without
             await wait_until(lambda: len(times(ingest, GW, "wl-01/water_level")) >= 10, 15, "wl-01 polling")
 
             # A group push adds wl-02; wl-01 is untouched.
-            v1 = payload(sim.port, ingest.url, device("wl-01", 1) + device("wl-02", 2))
+            v1 = payload(sim.port, ingest.url, device("wl-01", 1) + device("wl-02", 2), web=web)
             await publish(broker.port, group_topic("district-7"), bundle(v1, 1, key, groups=["district-7"]))
             report = await reports.outcome(GW, 1, "applied")
             assert report["running_version"] == 1 and report["last"]["previous_version"] == 0
+            # The status page shows the running version, the last outcome and the config's hash.
+            shown = (await api_status(web_port))["gateway"]["config"]
+            assert shown["fleet"]["running_version"] == 1 and shown["fleet"]["last"]["outcome"] == "applied"
+            assert shown["hash"] == config_hash(v1.encode()) and shown["fleet"]["channels"]["mqtt"].startswith(
+                "connected"
+            )
             await wait_until(lambda: len(times(ingest, GW, "wl-02/water_level")) >= 5, 10, "wl-02 polling")
             await wait_until(lambda: events(ingest, GW, "fleet_config"), 10, "the applied event upstream")
 
             # Then a push to this gateway alone changes wl-02's interval.
-            v2 = payload(sim.port, ingest.url, device("wl-01", 1) + device("wl-02", 2, interval_s=0.5))
+            v2 = payload(sim.port, ingest.url, device("wl-01", 1) + device("wl-02", 2, interval_s=0.5), web=web)
             await publish(broker.port, gateway_topic(GW), bundle(v2, 2, key, gateways=[GW]))
             await reports.outcome(GW, 2, "applied")
             before = len(times(ingest, GW, "wl-01/water_level"))
