@@ -150,6 +150,7 @@ def gateway_config(
     http_url: str | None = None,
     groups: Sequence[str] = (),
     health_window_s: float = 3.0,
+    mqtt_extra: str = "",
 ) -> str:
     """The local file: the bootstrap ([gateway], [fleet]) and the site it runs before any push."""
     channels = ""
@@ -161,6 +162,7 @@ port = {broker_port}
 tls = false
 reconnect_min_ms = 100
 reconnect_max_ms = 1000
+{mqtt_extra}
 """
     if http_url is not None:
         channels += f"""
@@ -186,8 +188,12 @@ health_window_s = {health_window_s}
 # -- the broker side ----------------------------------------------------------------------------
 
 
-async def publish(port: int, topic: str, data: bytes, *, retain: bool = True) -> None:
-    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+async def publish(
+    port: int, topic: str, data: bytes, *, retain: bool = True, user: str | None = None, password: str | None = None
+) -> None:
+    async with aiomqtt.Client(
+        "127.0.0.1", port, username=user, password=password, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
         await client.publish(topic, data, qos=1, retain=retain)
 
 
@@ -202,8 +208,9 @@ def group_topic(group: str, leaf: str = "bundle") -> str:
 class Reports:
     """A fleet tool's view: every gateway's retained ``config/reported``, and each one seen."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, user: str | None = None, password: str | None = None) -> None:
         self.port = port
+        self.credentials = {"username": user, "password": password}
         self.latest: dict[str, dict[str, Any]] = {}
         self.seen: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
@@ -212,7 +219,9 @@ class Reports:
     async def _run(self) -> None:
         while True:
             try:
-                async with aiomqtt.Client("127.0.0.1", self.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+                async with aiomqtt.Client(
+                    "127.0.0.1", self.port, protocol=aiomqtt.ProtocolVersion.V5, **self.credentials
+                ) as client:
                     await client.subscribe(f"{PREFIX}/+/config/reported", qos=1)
                     self._subscribed.set()
                     async for message in client.messages:
@@ -249,7 +258,10 @@ class Reports:
         def found() -> bool:
             return any(d["gateway"] == gateway and predicate(d) for d in self.seen[after:])
 
-        await wait_until(found, timeout_s, f"{gateway}: {what} (last report: {self.latest.get(gateway)})")
+        try:
+            await wait_until(found, timeout_s, f"{gateway}: {what}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (last report: {self.latest.get(gateway)})") from None
         return next(d for d in reversed(self.seen[after:]) if d["gateway"] == gateway and predicate(d))
 
     async def outcome(
