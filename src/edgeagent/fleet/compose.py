@@ -126,6 +126,7 @@ def compose_for_reload(local: SiteConfig, payload: bytes | None, config_path: Pa
     """SIGHUP while a pushed config runs: the new local bootstrap with the running payload."""
     if payload is None or local.fleet is None:
         return local
+    log.info("fleet: a pushed config runs: only [gateway] and [fleet] are taken from %s", config_path)
     try:
         return compose(local, payload, config_path)
     except Rejected as exc:

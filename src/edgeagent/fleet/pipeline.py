@@ -39,6 +39,7 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.fleet import window
 from edgeagent.fleet.bundle import (
     APPLIED,
+    DRY_RUN,
     EXPIRED,
     HEALTH,
     INTERRUPTED,
@@ -291,6 +292,11 @@ class FleetService:
         except Rejected as exc:
             await self._finish("trust", REJECTED, exc.code, b.version, previous, exc.reason, b.digest)
             return
+        except Exception as exc:  # as for a config: refused and recorded, never a crash loop
+            log.exception("fleet: trust epoch %d could not be checked", b.version)
+            reason = f"internal error while checking it: {exc!r}"
+            await self._finish("trust", REJECTED, DRY_RUN, b.version, previous, reason, b.digest)
+            return
         await asyncio.to_thread(self.slots.write_trust, checked.payload)
         self.trust = new
         detail = f"{len(new.keys)} keys ({', '.join(sorted(new.keys))}), threshold {new.threshold}"
@@ -315,13 +321,20 @@ class FleetService:
             checked.plan = plan_reload(self.host.site(), checked.site)
             if checked.plan.restart_all:
                 raise Rejected(
-                    "dry_run", "changes [gateway] settings that need every part restarted: change them locally"
+                    DRY_RUN, "changes [gateway] settings that need every part restarted: change them locally"
                 )
             started = [*checked.plan.buses_start, *checked.plan.swap]
             await asyncio.to_thread(dry_run, checked.site, started)
             self._step("dry_run")
         except Rejected as exc:
             await self._finish("config", REJECTED, exc.code, b.version, self.running_version, exc.reason, b.digest)
+            return False
+        except Exception as exc:
+            # A bug met while checking must not crash the agent: the retained bundle would come
+            # back at every start and cut the gateway off. It is refused, recorded and reported.
+            log.exception("fleet: config version %d could not be checked", b.version)
+            reason = f"internal error while checking it: {exc!r}"
+            await self._finish("config", REJECTED, DRY_RUN, b.version, self.running_version, reason, b.digest)
             return False
         await self._apply(checked)
         return True
