@@ -197,4 +197,6 @@ async def _build(
         },
         "uplinks": uplinks,
         "alarms": live.alarms.as_list(),
+        # Each rule's last evaluation and firing, its subjects' states, what it writes (None: no rules).
+        "rules": live.rules_status() if live.rules_status is not None else None,
     }
