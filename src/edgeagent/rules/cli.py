@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from edgeagent.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+DEFAULT_CONFIG = "/etc/edgeagent/edgeagent.toml"
 
 
 def add_rules_parsers(sub: Any) -> None:
@@ -35,7 +36,7 @@ def add_rules_parsers(sub: Any) -> None:
     q.set_defaults(func=_cmd_rules_check)
 
     p = sub.add_parser("alarms", help="list the running agent's alarms, or acknowledge one")
-    p.add_argument("--config", default="/etc/edgeagent/edgeagent.toml", help="where the status page is")
+    p.add_argument("--config", help=f"where the status page is, and its API token (default: {DEFAULT_CONFIG})")
     p.add_argument("--url", help="the status page (default: from the config's [web])")
     p.add_argument("--ack", metavar="ID", help="acknowledge this alarm (<source>/<kind>, as listed)")
     p.add_argument("--user", help="log in as this user to acknowledge (technician role)")
@@ -108,19 +109,20 @@ def _page_url(args: argparse.Namespace) -> str:
     from edgeagent.config import load_config
     from edgeagent.web.tls import wants_tls
 
-    web = load_config(Path(args.config)).web
+    web = load_config(Path(args.config or DEFAULT_CONFIG)).web
     host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
     shown = f"[{host}]" if ":" in host else host
     return f"{'https' if wants_tls(web) else 'http'}://{shown}:{web.port}/"
 
 
 def _api_token(args: argparse.Namespace) -> str | None:
-    if args.url:
+    """The page's API token, from the config's ``web.api_token_file`` (none with only ``--url``)."""
+    if args.url and not args.config:
         return None
     from edgeagent.config import load_config
     from edgeagent.preflight import web_api_token
 
-    return web_api_token(load_config(Path(args.config)))
+    return web_api_token(load_config(Path(args.config or DEFAULT_CONFIG)))
 
 
 def _cmd_alarms(args: argparse.Namespace) -> int:
