@@ -117,3 +117,16 @@ def test_only_declared_inputs_and_builtins_are_names() -> None:
     for text in ("eval > 1", "os > 1", "self > 1", "print > 1"):
         with pytest.raises(ExprError, match="unknown input"):
             compile_expression(text, ["depth"])
+
+
+def test_a_window_holds_only_its_seconds_and_agrees_with_a_plain_computation() -> None:
+    window = SampleWindow(60)
+    samples = [(1000 + i / 10, float((i * 37) % 101)) for i in range(10_000)]  # 10 readings a second
+    for t, v in samples:
+        window.add(t, v)
+    now = samples[-1][0]
+    recent = [v for t, v in samples if t > now - 30]
+    assert window.avg(now, 30) == sum(recent) / len(recent)
+    assert (window.min(now, 30), window.max(now, 30), window.count(now, 30)) == (min(recent), max(recent), 300.0)
+    assert len(window) == 600, "only the last 60 s are kept"
+    assert len(window._ts) < 2 * 600 + 256, "and the dead front is cut off"

@@ -53,7 +53,7 @@ def snapshot(engine: Engine) -> dict[str, Any]:
                 entry["pending_clear"] = inst.pending_clear
             if inst.stale_active:
                 entry["stale"] = True
-            windows = {rt.bound.inputs[i]: w.dump() for i, w in enumerate(inst.windows) if w is not None and w.samples}
+            windows = {rt.bound.inputs[i]: w.dump() for i, w in enumerate(inst.windows) if w is not None and len(w)}
             if windows:
                 entry["windows"] = windows
             if entry:
