@@ -7,13 +7,12 @@ import contextlib
 import os
 import signal
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from edgeagent.store import decode_value
+from edgeagent.store import view
 
 
 class NotifySocket:
@@ -116,30 +115,13 @@ class AgentProcess:
         return code, stderr.decode()
 
 
-def read_store(path: Path) -> dict[int, tuple[int, str, str, float | None]]:
-    """Every row in a store file: seq -> (ts_ms, device/point, unit, value). Read-only access."""
-    if not path.exists():
-        return {}
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # a writer's close would remove the WAL
-    try:
-        series = {sid: (f"{d}/{p}", u) for sid, d, p, u in conn.execute("SELECT id, device, point, unit FROM series")}
-        out = {}
-        for table in ("readings_alarm", "readings_event", "readings_telemetry"):
-            for seq, ts_ms, sid, value, flags in conn.execute(f"SELECT seq, ts_ms, series, value, flags FROM {table}"):
-                name, unit = series[sid]
-                out[seq] = (ts_ms, name, unit, decode_value(value, flags))
-        return out
-    finally:
-        conn.close()
+def read_store(path: Path) -> dict[int, tuple[int, str, str, float | str | None]]:
+    """Every reading in a buffer (its file and its tail): seq -> (ts_ms, device/point, unit, value). Read-only."""
+    return {
+        seq: (round(r.ts * 1000), f"{r.device}/{r.point}", r.unit, r.value) for seq, r in view.readings(path).items()
+    }
 
 
 def store_last_seq(path: Path) -> int:
-    """The highest sequence number ever given: the counter kept at pruning, or a newer row."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # a writer's close would remove the WAL
-    try:
-        last = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0]
-        for table in ("readings_alarm", "readings_event", "readings_telemetry"):
-            last = max(last, conn.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()[0])
-        return last
-    finally:
-        conn.close()
+    """The highest sequence number ever given: the counter kept in the file, a newer block, or the tail."""
+    return view.last_seq(path)

@@ -11,7 +11,6 @@ checks every pack that went upstream against them, exactly as it was sent.
 from __future__ import annotations
 
 import email.utils
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,7 @@ from pymodbus.constants import ExcCodes
 from edgeagent.clock import BOOT_ID_FILE, SENML_RELATIVE_BELOW, kernel_synchronized
 from edgeagent.sim.ingest import Fault, IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
-from edgeagent.store.codec import BOOT_TIME_FLAG
-from edgeagent.store.schema import TABLES
+from edgeagent.store import view
 from edgeagent.uplinks.http import MAX_RETRY_AFTER_S, parse_retry_after
 from tests.agentproc import AgentProcess
 from tests.faketime import FakeClock
@@ -93,15 +91,8 @@ async def _stop(agent: AgentProcess) -> tuple[int, str]:
 
 
 def _boot_timed_rows(db: Path) -> int:
-    """Rows of the buffer still timed from the boot (read-only; the agent keeps writing)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return sum(
-            conn.execute(f"SELECT count(*) FROM {table} WHERE flags & ?", (BOOT_TIME_FLAG,)).fetchone()[0]
-            for table in TABLES.values()
-        )
-    finally:
-        conn.close()
+    """Readings of the buffer still timed from the boot (read-only; the agent keeps writing)."""
+    return view.boot_timed(db)
 
 
 def _as_sent(pack: list[dict[str, Any]]) -> list[tuple[dict[str, Any], float | None]]:

@@ -134,7 +134,7 @@ async def test_pending_readings_are_committed_on_close(tmp_path: Path) -> None:
     store.append(_r(1))
     await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM readings_telemetry").fetchone()[0] == 1
+        assert conn.execute("SELECT sum(count) FROM blocks_telemetry").fetchone()[0] == 1
 
 
 async def test_state_folder_and_buffer_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
@@ -156,6 +156,6 @@ async def test_state_folder_and_buffer_files_are_private_whatever_the_umask(tmp_
     finally:
         os.umask(old)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    assert files == ["b.sqlite", "b.sqlite-shm", "b.sqlite-wal"]
+    assert files == ["b.sqlite", "b.sqlite-shm", "b.sqlite-tail", "b.sqlite-wal"]
     assert set(modes.values()) == {0o600}, modes
     assert set(later.values()) == {0o600}, later

@@ -1,4 +1,8 @@
-"""A long outage at a high rate on a small budget: bounded file, drops exactly as the policy says."""
+"""A long outage at a high rate on a small budget: bounded file, drops exactly as the policy says.
+
+Budgets here are small next to what is written: a block keeps one of these readings in
+about a byte, so a class fills up only at a few KiB.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +31,8 @@ async def test_outage_on_a_small_budget(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite"
     budgets = {
         Priority.ALARM: Budget(256 * KIB, "reject_new"),
-        Priority.EVENT: Budget(128 * KIB, "thin", thin_keep_every=2),
-        Priority.TELEMETRY: Budget(512 * KIB, "drop_oldest"),
+        Priority.EVENT: Budget(8 * KIB, "thin", thin_keep_every=2),
+        Priority.TELEMETRY: Budget(32 * KIB, "drop_oldest"),
     }
     total_budget = sum(b.max_bytes for b in budgets.values())
     committed: dict[Priority, list[int]] = {p: [] for p in Priority}
@@ -76,9 +80,9 @@ async def test_outage_on_a_small_budget(tmp_path: Path) -> None:
 
 async def test_reject_new_keeps_the_first_and_counts_the_rest(tmp_path: Path) -> None:
     budgets = {
-        Priority.ALARM: Budget(64 * KIB, "reject_new"),
-        Priority.EVENT: Budget(64 * KIB, "drop_oldest"),
-        Priority.TELEMETRY: Budget(64 * KIB, "drop_oldest"),
+        Priority.ALARM: Budget(4 * KIB, "reject_new"),
+        Priority.EVENT: Budget(4 * KIB, "drop_oldest"),
+        Priority.TELEMETRY: Budget(4 * KIB, "drop_oldest"),
     }
     async with Store(tmp_path / "b.sqlite", destinations=["up"], budgets=budgets) as store:
         for i in range(10_000):
@@ -97,7 +101,7 @@ async def test_reject_new_keeps_the_first_and_counts_the_rest(tmp_path: Path) ->
 
 async def test_drop_counters_survive_restart(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite"
-    budgets = {p: Budget(64 * KIB, "drop_oldest") for p in Priority}
+    budgets = {p: Budget(4 * KIB, "drop_oldest") for p in Priority}
     async with Store(path, destinations=["up"], budgets=budgets) as store:
         for i in range(20_000):
             store.append(_reading(i, Priority.TELEMETRY))
@@ -109,7 +113,7 @@ async def test_drop_counters_survive_restart(tmp_path: Path) -> None:
 
 
 async def test_acknowledged_rows_make_room_before_anything_is_dropped(tmp_path: Path) -> None:
-    budgets = {p: Budget(64 * KIB, "drop_oldest") for p in Priority}
+    budgets = {p: Budget(4 * KIB, "drop_oldest") for p in Priority}
     async with Store(tmp_path / "b.sqlite", destinations=["up"], budgets=budgets) as store:
         for round_ in range(10):
             for i in range(2000):
@@ -146,22 +150,23 @@ async def test_two_destinations_with_filters_get_exactly_their_share(tmp_path: P
 
 async def test_disk_full_keeps_running_and_recovers_by_itself(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite"
-    store = Store(path, destinations=["up"], commit_interval_ms=20, max_pending_readings=1000)
+    store = Store(path, destinations=["up"], commit_interval_ms=20, max_pending_readings=10_000)
     await store.open()
     try:
         store.append(_reading(0, Priority.TELEMETRY))
         await store.flush()
         pages = sqlite3.connect(path).execute("PRAGMA page_count").fetchone()[0]
         # SQLite's own "database or disk is full": the file may not grow past its current size.
+        # (Enough readings that their blocks, a byte or so each, need pages the file has not.)
         await store._run(store._core.conn.execute, f"PRAGMA max_page_count = {pages}")  # type: ignore[union-attr]
-        for i in range(1, 3001):
+        for i in range(1, 30_001):
             store.append(_reading(i, Priority.TELEMETRY))
         with pytest.raises(StoreFull):
             await store.flush()
         stats = await store.stats()
         assert stats.last_error is not None and "disk full" in stats.last_error
-        assert stats.pending_commit == 1000, "memory stays bounded while the disk is full"
-        assert stats.dropped == {"telemetry": {"store_unavailable": 2000}}
+        assert stats.pending_commit == 10_000, "memory stays bounded while the disk is full"
+        assert stats.dropped == {"telemetry": {"store_unavailable": 20_000}}
         # Space comes back: the next commit goes through without anyone restarting anything.
         await store._run(store._core.conn.execute, "PRAGMA max_page_count = 1073741823")  # type: ignore[union-attr]
         await store.flush()
@@ -169,7 +174,7 @@ async def test_disk_full_keeps_running_and_recovers_by_itself(tmp_path: Path) ->
         assert stats.last_error is None and stats.pending_commit == 0
         kept = await store.all_readings()
         assert [r.seq for r in kept] == list(range(1, len(kept) + 1))
-        # Reading 0 was committed before; 1-2000 were shed (and counted); 2001-3000 survived.
-        assert [r.value for r in kept] == [0.0] + [round(i * 0.1, 1) for i in range(2001, 3001)]
+        # Reading 0 was committed before; 1-20000 were shed (and counted); 20001-30000 survived.
+        assert [r.value for r in kept] == [0.0] + [round(i * 0.1, 1) for i in range(20_001, 30_001)]
     finally:
         await store.close()

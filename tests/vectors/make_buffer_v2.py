@@ -42,7 +42,9 @@ def readings(start: int, n: int) -> list[Reading]:
             text = "online" if i % 100 else "offline"
             out.append(Reading("wl-01", "state", ts, text, "", priority=Priority.EVENT, reason=f"poll {i}"))
         elif i % 333 == 0:
-            out.append(Reading("gateway", "water_high", ts, "active", "", priority=Priority.ALARM, reason="above 300 mm"))
+            out.append(
+                Reading("gateway", "water_high", ts, "active", "", priority=Priority.ALARM, reason="above 300 mm")
+            )
         else:
             out.append(Reading("wl-01", "water_level", ts, round(40 + (i % 400) * 0.1, 1), "mm"))
     return out

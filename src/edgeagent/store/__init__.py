@@ -1,36 +1,38 @@
-"""The local buffer: every accepted reading, in SQLite, until every upstream has it.
+"""The local buffer: every accepted reading, on the card, until every upstream has it.
 
 Shape, and why:
-- One writer. All SQLite work happens on one thread with one connection; the event
-  loop hands it batches and gets futures back, so a slow SD card never blocks polling.
-- Readings wait in memory for at most ``commit_interval_ms`` (or until
-  ``commit_max_readings`` are pending) and are committed together: one transaction per
-  batch, not per reading, which is what keeps an SD card alive. A reading is *accepted*
-  once committed; a crash may lose the readings still pending, never a committed one.
-- Sequence numbers are assigned at commit, from a counter kept in the same
-  transaction, so they are gapless, increasing and never reused, even after every row
-  has been deleted or the process was killed mid-commit.
+- One writer thread. All SQLite work happens on one thread with one connection; the
+  event loop hands it work and gets futures back, so a slow SD card never blocks polling.
+- A reading is numbered as soon as the event loop's current step ends (a poll's readings
+  together) and written, in the same step, to the *tail* (``store.tail``): one small
+  compressed append, no fsync. From then on it survives the process being killed, and a
+  sync worker may send it at once, from memory, before any commit: receive time minus
+  reading time is milliseconds, not a commit interval.
+- Sequence numbers stay gapless, increasing and never reused: after a crash the next
+  start takes the tail back (``store.replay``) and numbers on above all it holds. Numbers
+  are handed out only within a range reserved durably in the file beforehand (fsync'd),
+  so after a power cut, which can take the tail's last seconds with it, numbering goes on
+  above the reservation: a gap, never a reuse.
+- Readings every destination has acknowledged are forgotten; only those still unsent a
+  commit interval after they were numbered (``commit_interval_ms``; an outage) go into the
+  SQLite file, as one compressed block per class per commit (``store.blocks``), a few bytes
+  a reading, and the tail is cut when it grows. A healthy uplink means next to nothing is
+  written but the tail: the SD card's wear per reading is a few bytes.
 - Every buffer has an identity (a random id made with it). Receivers key readings on
   (gateway, buffer id, seq), so a buffer replaced after damage, or a new SD card, can
   never have its new readings taken for old ones.
-- One table per priority class, keyed by ``seq`` (the rowid, so no extra index is
-  written). Rows are small, because every byte of a row is written twice (WAL, then
-  checkpoint): ``(seq, ts_ms, series, value, flags)`` with the device, point and unit
-  interned in ``series``, and a value such as 123.4 kept as the integer 1234 with its
-  decimal count in ``flags`` (2-3 bytes instead of an 8-byte REAL), exactly.
-- ``last_seq`` is persisted only when rows are deleted; otherwise the highest stored
-  ``seq`` is the counter, which saves a page write per commit.
-- WAL mode with ``synchronous=NORMAL`` for telemetry (a crash of the process loses
-  nothing committed; a power cut keeps the file consistent); a transaction that holds an
-  alarm is committed with ``synchronous=FULL``.
-- Each destination has a cursor per class; rows every destination has acknowledged
-  are deleted, and their pages reused, so the file stays bounded without VACUUM.
-- A damaged file is moved aside (never deleted), its unsent readings are salvaged into
-  a buffer that keeps their identity and numbers and is sent first, and a fresh store
-  numbers on above the highest number still known; the agent raises an alarm about it.
-- A full disk never stops anything: readings wait in memory (bounded, every one shed
-  counted), acknowledgements move the cursors in memory and are written when space
-  returns, and the WAL is checkpointed and truncated early when space runs low.
+- A table of blocks per priority class, each with a byte budget and a policy when full
+  (``store.budget``); every drop counted by class and reason, persisted in the buffer.
+- WAL mode with ``synchronous=NORMAL``; a transaction that holds an alarm, or a new
+  reservation, is committed with ``synchronous=FULL``.
+- Each destination has a cursor per class, moved on acknowledgement (in memory, in the
+  tail, and in the file at pruning and when closing); a crash only means a resend.
+- A damaged file is moved aside (never deleted) with its tail, its unsent readings are
+  salvaged into a buffer that keeps their identity and numbers and is sent first, and a
+  fresh store numbers on above the highest number still known; the agent raises an alarm.
+- A full disk never stops anything: readings wait in memory unnumbered (bounded, every
+  one shed counted) and are numbered by the commit that writes them once space returns;
+  acknowledgements move the cursors in memory; the WAL is checkpointed early.
 - A reading stamped before the wall clock was set keeps its time relative to the boot
   and gets its wall time when the clock is set (see ``edgeagent.clock``).
 """
@@ -47,7 +49,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,11 @@ from edgeagent.clock import PLAUSIBLE_FROM, boot_clock
 from edgeagent.errors import StoreCorrupt, StoreError
 from edgeagent.model import Priority, Reading, StoredReading
 from edgeagent.store.codec import decode_value, encode_value
-from edgeagent.store.core import _Core, _translate
-from edgeagent.store.damage import Damage, move_aside, salvage_files
-from edgeagent.store.schema import TABLES
+from edgeagent.store.core import RESERVE_SEQS, _Core, _translate
+from edgeagent.store.damage import Damage, move_aside
+from edgeagent.store.journal import Journal
+from edgeagent.store.schema import BLOCKS, TABLES
+from edgeagent.store.side import BenchWriter, Counters, Salvage, stats_of
 from edgeagent.store.types import DEFAULT_BUDGETS, Batch, Budget, DestinationFilter, StoreStats
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,11 @@ CLOSE_WAIT_S = 5.0
 # Below this much free space the WAL is checkpointed and truncated at once.
 LOW_SPACE_BYTES = 16 * 1024 * 1024
 SPACE_CHECK_EVERY_S = 5.0
+# The tail is started afresh (holding only what memory holds) once it is this large.
+TAIL_ROTATE_BYTES = 1 << 20
 
 __all__ = [
+    "BLOCKS",
     "DEFAULT_BUDGETS",
     "TABLES",
     "Batch",
@@ -86,20 +92,8 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True)
-class _Counters:
-    committed_total: int = 0
-    produced_total: int = 0
-    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
-    last_error: str | None = None
-
-    def drop(self, priority: Priority, reason: str, n: int = 1) -> None:
-        per = self.dropped.setdefault(priority.name.lower(), {})
-        per[reason] = per.get(reason, 0) + n
-
-
 class Store:
-    """The asyncio face of the buffer: ``append`` is cheap; commits happen in batches."""
+    """The asyncio face of the buffer: ``append`` is cheap; readings are sendable at once."""
 
     def __init__(
         self,
@@ -127,22 +121,25 @@ class Store:
         self.commit_max_readings = commit_max_readings
         self.max_pending_readings = max_pending_readings
         self._core = _Core(path, filters, budgets)
-        self._salvage: list[_Core] = []
+        self._journal = Journal(self._core)  # replaced at open
+        self._salvage = Salvage(self._run_sync)
         self._acked_since_prune = False
+        self._cursors_dirty = False
         self._last_prune = 0.0
         self._last_space_check = 0.0
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: deque[Reading] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._journal_soon = False
+        self._marks: deque[tuple[float, int]] = deque()  # (when, counter) at each commit round
         self._wake = asyncio.Event()
         self._listeners: list[asyncio.Event] = []
         self._task: asyncio.Task[None] | None = None
         self._commit_lock = asyncio.Lock()
-        self._counters = _Counters()
+        self._counters = Counters()
         self._beat = beat
         self._hang = False
         self._closing = False
         self._needs_retime = False
-        self._cursor_error: str | None = None
         self._last_probe = time.monotonic()
         self._corrupt: str | None = None  # why the file is bad, until it has been replaced
 
@@ -150,18 +147,24 @@ class Store:
         """Make the commit loop hang for real (a test of the watchdog); see the agent."""
         self._hang = True
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run on the store's thread; a SQLite error comes back as the project's own."""
         if self._executor is None:
             raise StoreError("store is not open")
+        call = (lambda: fn(*args, **kwargs)) if kwargs else (lambda: fn(*args))
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
         except sqlite3.Error as exc:
             error = _translate(exc)
-            if isinstance(error, StoreCorrupt) and self._corrupt is None:
-                self._corrupt = str(error)
-                self._wake.set()  # the commit loop replaces the file
-            raise error from exc
+        except StoreCorrupt as exc:
+            error = exc
+        if isinstance(error, StoreCorrupt) and self._corrupt is None:
+            self._corrupt = str(error)
+            self._wake.set()  # the commit loop replaces the file
+        raise error
+
+    async def _run_sync(self, fn: Any, *args: Any) -> Any:
+        return await self._run(fn, *args)
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -176,30 +179,20 @@ class Store:
             self._executor.shutdown(wait=True)
             self._executor = None
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._loop = asyncio.get_running_loop()
+        self._start_journal(self._core)
         self._needs_retime = self._core.this_boot_from is not None
-        await self._run(self._open_salvage)
+        await self._salvage.open(self.path, self.filters, self.budgets)
         self._task = asyncio.create_task(self._commit_loop(), name="store-commit")
 
-    def _open_salvage(self) -> None:
-        opened = {c.path for c in self._salvage}
-        for file in salvage_files(self.path):
-            if file in opened:
-                continue
-            core = _Core(file, self.filters, self.budgets)
-            try:
-                core.open_salvage()
-            except Exception as exc:  # noqa: BLE001 - a bad salvage file must not stop the agent
-                core._close_quietly()
-                log.error("cannot open salvaged buffer %s (%s); left in place", file.name, exc)
-                continue
-            if core.fully_sent():
-                core.delete_files()
-                continue
-            log.warning("salvaged buffer %s (%s) is sent before new readings", core.buffer_id, file.name)
-            self._salvage.append(core)
+    def _start_journal(self, core: _Core) -> None:
+        self._journal = Journal(core, self._journal.unnumbered)
+        self._marks.clear()
+        if not self._journal.start_tail():
+            log.error("%s; readings wait in memory and are numbered when committed", self._journal.tail.broken)
 
     async def close(self) -> None:
-        """Stop the commit loop, commit what is pending, and close the file."""
+        """Stop the commit loop, commit what is not delivered, and close the file."""
         if self._task is not None:
             self._closing = True
             self._wake.set()
@@ -211,12 +204,16 @@ class Store:
             self._task = None
         if self._executor is None:
             return
+        closed = False
         with contextlib.suppress(StoreError):
             await self.flush()
-        await self._run(self._core.close)
-        for core in self._salvage:
-            await self._run(core.close)
-        self._salvage.clear()
+            closed = not self._journal.unnumbered and not self._journal.in_memory()
+        await self._run(self._core.close, self._journal.counter, self._cursor_items())
+        if closed:
+            self._journal.tail.remove()  # everything it held is in the file now
+        else:
+            self._journal.tail.close()
+        await self._salvage.close()
         self._executor.shutdown(wait=True)
         self._executor = None
 
@@ -248,33 +245,67 @@ class Store:
 
     @property
     def last_seq(self) -> int:
-        return self._core.last_seq
+        """The last sequence number handed out."""
+        return self._journal.counter
+
+    @property
+    def _pending(self) -> list[Reading | StoredReading]:
+        """Readings not in the file: waiting for a number, or numbered and in the tail only."""
+        j = self._journal
+        return [*sorted((r for rs in j.mem.values() for r in rs), key=lambda r: r.seq), *j.unnumbered]
 
     def append(self, reading: Reading) -> None:
-        """Queue a reading for the next commit. Never blocks and never raises."""
+        """Queue a reading; it is numbered (and sendable) when this step of the loop ends. Never raises."""
         if reading.ts < PLAUSIBLE_FROM and not reading.boot_relative:
             # The wall clock is not set: keep the time as seconds since boot, exactly.
             since_boot = boot_clock() - (time.time() - reading.ts)
             reading = dataclasses.replace(reading, ts=since_boot, boot_relative=True)
             self._needs_retime = True
         self._counters.produced_total += 1
-        pending = self._pending
-        if len(pending) >= self.max_pending_readings:
-            self._shed_pending()
-        pending.append(reading)
-        if len(pending) >= self.commit_max_readings:
+        waiting = self._journal.unnumbered
+        if len(waiting) >= self.max_pending_readings:
+            self._shed_pending(waiting)
+        waiting.append(reading)
+        if not self._journal_soon and self._loop is not None:
+            self._journal_soon = True
+            self._loop.call_soon(self._journal_now)
+        if len(waiting) >= self.commit_max_readings:
             self._wake.set()
 
-    def _shed_pending(self) -> None:
+    def _shed_pending(self, waiting: deque[Reading]) -> None:
         """Memory is bounded while the disk refuses writes: drop the oldest non-alarm."""
-        for i, r in enumerate(self._pending):
+        for i, r in enumerate(waiting):
             if r.priority != Priority.ALARM:
-                del self._pending[i]
+                del waiting[i]
                 self._counters.drop(r.priority, "store_unavailable")
                 return
 
+    def _journal_now(self) -> None:
+        """Number what waits and write it to the tail: from here on it may be sent."""
+        self._journal_soon = False
+        j = self._journal
+        if self._corrupt is not None or self._hang or self._executor is None:
+            return
+        readings = j.journal(self._core.budgets, self.max_pending_readings)
+        if readings:
+            self._made_durable(readings)
+            if any(r.priority == Priority.ALARM for r in readings):
+                self._wake.set()  # an alarm is written through to the card at once
+        if j.unnumbered or j.core.reserved_upto - j.counter < RESERVE_SEQS // 2:
+            self._wake.set()
+
+    def _made_durable(self, readings: list[StoredReading]) -> None:
+        self._counters.committed_total += len(readings)
+        unsent = self._core.unsent
+        for r in readings:
+            for dest, filt in self.filters.items():
+                if r.priority in filt.classes:
+                    unsent[(dest, r.priority)] += 1
+        for event in self._listeners:
+            event.set()
+
     def subscribe(self) -> asyncio.Event:
-        """An event set after every commit, so a sync worker wakes without polling."""
+        """An event set whenever readings become sendable, so a sync worker wakes without polling."""
         event = asyncio.Event()
         self._listeners.append(event)
         return event
@@ -301,10 +332,19 @@ class Store:
 
     async def set_destinations(self, filters: Mapping[str, DestinationFilter]) -> None:
         """New destinations or filters while running: each keeps its cursors where they were."""
-        self.filters = dict(filters)
-        self.destinations = list(filters)
-        for core in [self._core, *self._salvage]:
-            await self._run(core.set_filters, dict(filters))
+        async with self._commit_lock:
+            self.filters = dict(filters)
+            self.destinations = list(filters)
+            core, j = self._core, self._journal
+            cursors, unsent = await self._run(core.cursor_state, dict(filters))
+            for (dest, prio), n in unsent.items():
+                if prio in filters[dest].classes:
+                    unsent[(dest, prio)] = n + j.unsent_in_memory(cursors, dest, prio)
+            core.filters, core.destinations = dict(filters), list(filters)
+            core.cursors, core.unsent = cursors, unsent
+        await self._salvage.set_filters(filters)
+
+    # -- the commit loop -------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
         while not self._closing:
@@ -320,18 +360,18 @@ class Store:
                     await self._replace_damaged()
                 await self._keep_space()
                 await self._probe()
-                await self.flush()
+                await self._commit(everything=False)
                 if self._needs_retime and time.time() >= PLAUSIBLE_FROM:
                     await self.retime()
-                await self._save_cursors()
+                await self._salvage.save_cursors()
                 if self._acked_since_prune and time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
                     self._acked_since_prune = False
                     self._last_prune = time.monotonic()
                     await self.prune()
             except StoreError as exc:
-                # Keep the readings pending, count nothing lost yet, and try again.
+                # Keep the readings, count nothing lost yet, and try again.
                 if self._counters.last_error != str(exc):
-                    log.error("%s; readings stay in memory and are retried", exc)
+                    log.error("%s; store work is retried", exc)
                 self._counters.last_error = str(exc)
                 with contextlib.suppress(StoreError):
                     await self._run(self._core.checkpoint)
@@ -345,25 +385,27 @@ class Store:
             await self._run(self._core.probe)
 
     async def _replace_damaged(self) -> None:
-        """The file went bad while running: handle it as if found at start, keeping what is pending.
+        """The file went bad while running: handle it as if found at start, keeping what waits.
 
-        The file is moved aside and its readable unsent rows salvaged (sent first, under
-        their old identity); a fresh buffer numbers on above every number given; the
-        readings still in memory are committed to it. Nothing stops meanwhile.
+        The file is moved aside with its tail, which holds every numbered reading not in
+        the file, so those are salvaged (sent first, under their old identity); a fresh
+        buffer numbers on above every number given; readings waiting for a number go to it.
         """
         reason = self._corrupt or "damaged"
         async with self._commit_lock:
             old = self._core
             log.error("store %s went bad while running (%s); replacing it", self.path, reason)
+            self._journal.tail.close()
             await self._run(old._close_quietly)
             aside = await self._run(move_aside, self.path, reason)
-            fresh = _Core(self.path, self.filters, self.budgets, number_above=old.last_seq)
+            fresh = _Core(self.path, self.filters, self.budgets, number_above=self._journal.counter)
             fresh.damage = Damage("corrupt", f"the buffer went bad while running ({reason})", moved_aside=str(aside))
             await self._run(fresh.open)
             self._core = fresh
             self._corrupt = None
+            self._start_journal(fresh)
             self._needs_retime = fresh.this_boot_from is not None
-            await self._run(self._open_salvage)
+            await self._salvage.open(self.path, self.filters, self.budgets)
         damage = fresh.damage
         assert damage is not None
         log.error("%s", damage.message())
@@ -384,40 +426,120 @@ class Store:
             await self._run(self._core.checkpoint)
 
     async def flush(self) -> None:
-        """Commit everything pending now."""
+        """Commit everything not yet delivered to every destination, now."""
+        await self._commit(everything=True)
+
+    async def _commit(self, *, everything: bool) -> None:
+        """Write what is due: readings a destination still lacks a commit interval after they
+        were numbered (all of them with ``everything``), alarms at once, and readings the tail
+        could not take; then keep the reservation ahead and the tail short."""
+        try:
+            await self._commit_due(everything)
+        except StoreError as exc:
+            if self._counters.last_error != str(exc):
+                log.error("%s; readings stay in memory and are retried", exc)
+            self._counters.last_error = str(exc)
+            raise
+
+    async def _commit_due(self, everything: bool) -> None:
         async with self._commit_lock:
-            while self._pending:
-                n = min(len(self._pending), self.commit_max_readings)
-                batch = [self._pending[i] for i in range(n)]
-                await self._run(self._core.commit, batch)
-                for _ in range(n):
-                    self._pending.popleft()
-                self._counters.committed_total += n
-                if self._counters.last_error is not None:
-                    log.info("store writes work again")
-                    self._counters.last_error = None
-                for event in self._listeners:
-                    event.set()
+            j, core = self._journal, self._core
+            self._journal_now()
+            now = time.monotonic()
+            self._marks.append((now, j.counter))
+            upto = j.counter if everything else 0
+            while self._marks and self._marks[0][0] <= now - self.commit_interval_s:
+                upto = max(upto, self._marks.popleft()[1])
+            floors = {p: core._ack_floor(p) for p in BLOCKS}
+            due = j.due(upto, floors)
+            due += [r for r in j.mem[Priority.ALARM] if r.seq > max(upto, floors[Priority.ALARM])]
+            due.sort(key=lambda r: r.seq)
+            if due:
+                await self._write(due)
+            j.forget(upto, floors, due)
+            while j.unnumbered and (j.tail.broken or everything):
+                numbered = j.take(core.budgets, self.commit_max_readings)
+                if numbered is None:  # the reservation is used up: extend it first
+                    await self._write([], reserve=j.counter + RESERVE_SEQS)
+                    continue
+                try:
+                    await self._write(numbered.readings)
+                except BaseException:
+                    j.undo(numbered)
+                    raise
+                j.keep(numbered, in_memory=False)
+                self._made_durable(numbered.readings)
+            if core.reserved_upto - j.counter < RESERVE_SEQS // 2:
+                await self._write([], reserve=j.counter + RESERVE_SEQS)
+            if j.tail.broken or j.tail.size > TAIL_ROTATE_BYTES:
+                if j.start_tail() and self._cursors_dirty:
+                    self._cursors_dirty = False
+            else:
+                j.note_acks()
+            if j.unnumbered:
+                self._journal_now()
+
+    async def _write(self, readings: list[StoredReading], *, reserve: int | None = None) -> None:
+        """One transaction: readings, what they need that the file lacks, drop counts, cursors."""
+        j, core = self._journal, self._core
+        series = [s for s in j.new_series if s[0] > core.series_saved]
+        boots, drops = list(j.new_boots), dict(j.drops)
+        if reserve is None and readings and core.reserved_upto - readings[-1].seq < RESERVE_SEQS // 2:
+            reserve = max(j.counter, readings[-1].seq) + RESERVE_SEQS
+        cursors = self._cursor_items() if self._cursors_dirty else []
+        freed = await self._run(
+            core.commit,
+            readings,
+            series=series,
+            boots=boots,
+            drops=drops,
+            reserve=reserve,
+            cursors=cursors,
+            per_block=self.commit_max_readings,
+        )
+        j.new_series = [s for s in j.new_series if s[0] > core.series_saved]
+        del j.new_boots[: len(boots)]
+        for key, n in drops.items():
+            j.drops[key] -= n
+            if not j.drops[key]:
+                del j.drops[key]
+        if cursors:
+            self._cursors_dirty = False
+        if self._counters.last_error is not None:
+            log.info("store writes work again")
+            self._counters.last_error = None
+        for prio, f in freed.items():
+            self._forget_unsent(prio, f.dropped)
+        j.committed_top = dict(core.top)
+
+    def _forget_unsent(self, prio: Priority, dropped: list[int]) -> None:
+        import bisect
+
+        for dest, filt in self.filters.items():
+            if prio in filt.classes:
+                cursor = self._core.cursors[(dest, prio)]
+                gone = len(dropped) - bisect.bisect_right(dropped, cursor)
+                self._core.unsent[(dest, prio)] = max(0, self._core.unsent[(dest, prio)] - gone)
+
+    def _cursor_items(self) -> list[tuple[str, Priority, int]]:
+        return [(d, p, s) for (d, p), s in self._core.cursors.items()]
 
     async def retime(self) -> int:
         """Turn this boot's boot-relative times into wall times, now that the clock is set."""
         async with self._commit_lock:
             offset = time.time() - boot_clock()
-            for i, r in enumerate(self._pending):
-                if r.boot_relative:
-                    self._pending[i] = dataclasses.replace(r, ts=r.ts + offset, boot_relative=False)
-            n = int(await self._run(self._core.retime, offset))
+            j = self._journal
+            j.retime(offset)
+            n = 0
+            if self._core.this_boot_from is not None:
+                n = int(await self._run(self._core.retime, offset, self._core.this_boot_from))
+            j.start_tail()  # so the tail no longer holds them timed from the boot
             self._needs_retime = False
         if n:
             log.warning("the wall clock is set: %d readings of this boot timed from boot now carry wall times", n)
         return n
 
-    async def _save_cursors(self) -> None:
-        cores = [self._core, *self._salvage]
-        saved = all([await self._run(c.save_cursors) for c in cores])
-        if saved and self._cursor_error is not None:
-            log.info("acknowledgements are written again")
-            self._cursor_error = None
+    # -- sending ---------------------------------------------------------------------
 
     def still_whole(self, batch: Batch) -> bool:
         """False when a budget policy has since deleted readings this batch reaches back to."""
@@ -426,94 +548,65 @@ class Store:
         return batch.first_seq > self._core.dropped_upto[batch.priority]
 
     async def next_batch(self, destination: str, limit: int) -> Batch | None:
-        """Salvaged readings first (they are the oldest), then this buffer's."""
-        return await self._run(self._read_any, destination, limit)
-
-    def _read_any(self, destination: str, limit: int) -> Batch | None:
-        for core in self._salvage:
-            batch = core.read_batch(destination, limit)
+        """Salvaged readings first (they are the oldest), then this buffer's: alarms, events,
+        telemetry, each from the file while the destination is behind it, then from memory."""
+        if self._salvage.cores:
+            batch = await self._salvage.next_batch(destination, limit)
             if batch is not None:
                 return batch
-        return self._core.read_batch(destination, limit)
+        filt = self.filters[destination]
+        for prio in BLOCKS:
+            if prio not in filt.classes:
+                continue
+            while True:
+                core, j = self._core, self._journal
+                cursor = core.cursors[(destination, prio)]
+                top = j.committed_top[prio]
+                if cursor < top:
+                    batch = await self._run(core.read_class, destination, prio, limit, cursor)
+                    if batch is not None:
+                        return batch
+                    if j.committed_top[prio] != top or core is not self._core:
+                        continue  # written to meanwhile: look again
+                batch = j.batch(destination, prio, cursor, limit, filt)
+                if batch is not None:
+                    return batch
+                break
+        return None
 
     async def ack(self, batch: Batch) -> None:
-        """Move the destination's cursor. Never raises: a cursor the disk refuses is written later."""
-        core = self._core_of(batch)
-        if core is None:
+        """Move the destination's cursor. Never raises: cursors are written later."""
+        if batch.buffer_id != self._core.buffer_id:
+            await self._salvage.ack(batch)
             return
-        args = (batch.destination, batch.priority, batch.scanned_to, len(batch.readings))
-        if not await self._run(core.ack, *args) and self._cursor_error is None:
-            self._cursor_error = "acknowledgement not written (disk full?)"
-            log.error("cannot write acknowledgements (disk full?); kept in memory and written when space returns")
-        if core is self._core:
-            self._acked_since_prune = True
-        elif await self._run(core.fully_sent):
-            await self._run(core.delete_files)
-            self._salvage.remove(core)
-            log.warning("every salvaged reading of buffer %s is delivered; its file is removed", core.buffer_id)
-
-    def _core_of(self, batch: Batch) -> _Core | None:
-        if batch.buffer_id == self._core.buffer_id:
-            return self._core
-        return next((c for c in self._salvage if c.buffer_id == batch.buffer_id), None)
+        key = (batch.destination, batch.priority)
+        core = self._core
+        if batch.scanned_to <= core.cursors[key]:
+            return
+        core.cursors[key] = batch.scanned_to
+        core.unsent[key] = max(0, core.unsent[key] - len(batch.readings))
+        self._cursors_dirty = True
+        self._acked_since_prune = True
 
     async def prune(self) -> int:
-        return int(await self._run(self._core.prune))
+        """Delete from the file what every destination has; write the counter and cursors."""
+        async with self._commit_lock:
+            n = int(await self._run(self._core.prune, self._journal.counter, self._cursor_items()))
+            self._cursors_dirty = False
+            self._journal.committed_top = dict(self._core.top)
+            return n
 
     async def all_readings(self) -> list[StoredReading]:
-        return await self._run(self._core.all_readings)
+        """Every reading not yet delivered everywhere (in the file, or in the tail and memory)."""
+        stored = await self._run(self._core.all_readings)
+        mem = [r for rs in self._journal.mem.values() for r in rs]
+        return sorted({r.seq: r for r in [*stored, *mem]}.values(), key=lambda r: r.seq)
 
     async def stats(self) -> StoreStats:
         """What the page shows; a file that cannot be read shows as an error, never fails the page."""
-        core = self._core
-        oldest: dict[str, float | None] = {}
-        read_error: str | None = None
-        for d in self.destinations:
-            try:
-                oldest[d] = await self._run(core.oldest_unsent, d)
-            except StoreError as exc:
-                oldest[d], read_error = None, str(exc)
-        salvage = [
-            {
-                "buffer_id": c.buffer_id,
-                "file": c.path.name,
-                "unsent": {d: sum(c.unsent[(d, p)] for p in TABLES) for d in self.destinations},
-            }
-            for c in self._salvage
-        ]
-        unsent = {
-            d: sum(core.unsent[(d, p)] for p in TABLES) + sum(int(s["unsent"][d]) for s in salvage)  # type: ignore[index]
-            for d in self.destinations
-        }
-        return StoreStats(
-            path=str(self.path),
-            file_bytes=await self._run(core.file_bytes),
-            last_seq=core.last_seq,
-            pending_commit=len(self._pending),
-            committed_total=self._counters.committed_total,
-            unsent=unsent,
-            oldest_unsent_ts=oldest,
-            class_bytes={p.name.lower(): int(core.bytes[p]) for p in TABLES},
-            dropped=_merge_counts(core.dropped, self._counters.dropped),
-            last_error=self._counters.last_error or self._cursor_error or read_error,
-            moved_aside=self.moved_aside,
-            buffer_id=core.buffer_id,
-            produced_total=self._counters.produced_total,
-            salvage=salvage,
-        )
+        return await stats_of(self)
 
 
-def _merge_counts(*parts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for part in parts:
-        for cls, reasons in part.items():
-            for reason, n in reasons.items():
-                out.setdefault(cls, {})[reason] = out.setdefault(cls, {}).get(reason, 0) + n
-    return out
-
-
-def open_core_for_bench(path: Path, budgets: Mapping[Priority, Budget] | None = None) -> _Core:
-    """The synchronous core alone, for benchmarks that measure the store without a loop."""
-    core = _Core(path, {}, budgets)
-    core.open()
-    return core
+def open_core_for_bench(path: Path, budgets: Mapping[Priority, Budget] | None = None) -> BenchWriter:
+    """The synchronous side alone, for benchmarks that fill a file without a loop."""
+    return BenchWriter(path, budgets)

@@ -14,6 +14,8 @@ DECIMAL_MASK = 0b111
 TEXT_FLAG = 1 << 5
 BOOT_TIME_FLAG = 1 << 6
 _EXACT_INT_LIMIT = 2**47
+_INF = float("inf")
+POW10 = tuple(10**d for d in range(MAX_DECIMALS + 2))
 
 # Estimated bytes a row takes in its table: the cell (pointer, sizes, header, ts, series)
 # plus the variable parts, times a factor for page headers, fill and interior pages.
@@ -31,12 +33,14 @@ def encode_value(value: float | str | None, reason: str | None = None) -> tuple[
         return None, 0
     if isinstance(value, str):
         return (f"{value}\n{reason}" if reason else value), TEXT_FLAG
+    if value != value or value in (_INF, -_INF):
+        return float(value), 0
     for decimals in range(MAX_DECIMALS + 1):
-        scaled = value * 10**decimals
-        mantissa = round(scaled)
+        scale = POW10[decimals]
+        mantissa = round(value * scale)
         if abs(mantissa) >= _EXACT_INT_LIMIT:
             break
-        if mantissa / 10**decimals == value:
+        if mantissa / scale == value:
             return mantissa, decimals << DECIMAL_SHIFT
     return float(value), 0
 
@@ -53,7 +57,7 @@ def decode_value(stored: int | float | str | None, flags: int) -> float | str | 
     if flags & TEXT_FLAG:
         return decode_text(str(stored))[0]
     decimals = (flags >> DECIMAL_SHIFT) & DECIMAL_MASK
-    return stored / 10**decimals if decimals else float(stored)
+    return stored / POW10[decimals] if decimals else float(stored)
 
 
 def _int_bytes(v: int) -> int:

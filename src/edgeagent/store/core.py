@@ -1,6 +1,8 @@
 """The synchronous store: every method runs on the store's single thread.
 
-See ``edgeagent.store`` for the shape and the reasons; this module is the SQLite side.
+See ``edgeagent.store`` for the shape and the reasons; this module is the SQLite side:
+a table of blocks per class (``edgeagent.store.blocks``), series, cursors, budgets, and
+at open the tail a run left behind (``edgeagent.store.tail``).
 """
 
 from __future__ import annotations
@@ -10,39 +12,38 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 from pathlib import Path
 
 from edgeagent.clock import boot_id
 from edgeagent.errors import StoreCorrupt, StoreError, StoreFull
-from edgeagent.model import Priority, Quality, Reading, StoredReading
-from edgeagent.store.codec import (
-    BOOT_TIME_FLAG,
-    DEFAULT_ROW_BYTES,
-    PAGE_FACTOR,
-    QUALITY_MASK,
-    TEXT_FLAG,
-    decode_text,
-    decode_value,
-    encode_value,
-    row_bytes,
-)
+from edgeagent.model import Priority, StoredReading
+from edgeagent.store import blocks
+from edgeagent.store.budget import Freed, make_room
 from edgeagent.store.damage import Damage, DamageFound, inspect_before_open, move_aside, settle_asides
-from edgeagent.store.schema import TABLES, create_file, ensure_dir, migrate
+from edgeagent.store.replay import take_tail
+from edgeagent.store.schema import BLOCKS, create_file, ensure_dir, migrate
+from edgeagent.store.tail import tail_path
 from edgeagent.store.types import DEFAULT_BUDGETS, Batch, Budget, DestinationFilter
 
 log = logging.getLogger(__name__)
 
-PRUNE_CHUNK_ROWS = 20_000
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
 PAGE_BYTES = 4096
-# When a class is full, free this share of its budget beyond what the batch needs, so
-# a full class does not delete a few rows on every single commit.
-BUDGET_SLACK = 0.02
+# Sequence numbers reserved durably (fsync'd) ahead of use: after a power cut, which can
+# take the last seconds of the tail with it, numbering goes on above them, never reusing one.
+RESERVE_SEQS = 100_000
+_SEQ = attrgetter("seq")
+CursorItems = Sequence[tuple[str, Priority, int]]
 
 
 class _Core:
-    """The synchronous store; every method runs on the store's single thread."""
+    """The synchronous store; every method runs on the store's single thread.
+
+    For the buffer in use, the event loop owns ``cursors``, ``unsent`` and the series it
+    numbers readings with; this thread reads them and is handed what to write.
+    """
 
     def __init__(
         self,
@@ -61,23 +62,29 @@ class _Core:
         self.conn: sqlite3.Connection | None = None
         self.series: dict[tuple[str, str, str], int] = {}
         self.series_by_id: dict[int, tuple[str, str, str]] = {}
-        self.last_seq = 0
+        self.series_saved = 0  # highest series id in the file
+        self.last_seq = 0  # highest number known to be given
+        self.reserved_upto = 0
         self.cursors: dict[tuple[str, Priority], int] = {}
         self.unsent: dict[tuple[str, Priority], int] = {}
-        self.rows: dict[Priority, int] = dict.fromkeys(TABLES, 0)
-        self.bytes: dict[Priority, float] = dict.fromkeys(TABLES, 0.0)
+        self.rows: dict[Priority, int] = dict.fromkeys(BLOCKS, 0)  # readings in blocks
+        self.bytes: dict[Priority, int] = dict.fromkeys(BLOCKS, 0)  # budget bytes of the blocks
+        self.top: dict[Priority, int] = dict.fromkeys(BLOCKS, 0)  # highest seq in a block
         self.dropped: dict[str, dict[str, int]] = {}
         # Highest sequence number a policy has deleted, per class: a batch held for a retry
         # that reaches back to it holds readings that no longer exist and must be re-read.
-        self.dropped_upto: dict[Priority, int] = dict.fromkeys(TABLES, 0)
+        self.dropped_upto: dict[Priority, int] = dict.fromkeys(BLOCKS, 0)
         self.damage: Damage | None = None
         self.created = False  # a new buffer, not one found on the card
+        self.clean_stop = True  # the last run closed the file
         self.buffer_id = ""
         # (first seq, boot id) of each boot whose readings carry boot-relative times.
         self.boots: list[tuple[int, str]] = []
         self.this_boot_from: int | None = None
-        # Cursors acknowledged in memory but not yet written (the disk was full).
+        # Cursors acknowledged but not yet written (a salvage buffer's, while the disk is full).
         self.unsaved_cursors: set[tuple[str, Priority]] = set()
+        self.tail_note: str | None = None  # what the tail of the last run held, for the log
+        self._cache: dict[Priority, tuple[int, list[StoredReading]]] = {}
 
     # -- opening -------------------------------------------------------------------
 
@@ -113,14 +120,12 @@ class _Core:
         """
         conn = self._conn()
         conn.execute("PRAGMA shrink_memory")
-        conn.execute("SELECT count(*) FROM series").fetchone()
-        for table in TABLES.values():
-            conn.execute(f"SELECT seq, ts_ms, value FROM {table} ORDER BY seq LIMIT 1").fetchone()
-            conn.execute(f"SELECT seq, ts_ms, value FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
-        for (dest, prio), cursor in self.cursors.items():
-            if prio in self.filters[dest].classes:
-                table = TABLES[prio]
-                conn.execute(f"SELECT seq, ts_ms, value FROM {table} WHERE seq > ? LIMIT 1", (cursor,)).fetchone()
+        conn.execute("SELECT count(*), max(id) FROM series").fetchone()
+        conn.execute("SELECT count(*), sum(value) FROM meta").fetchone()
+        conn.execute("SELECT count(*), sum(seq) FROM cursors").fetchone()
+        for table in BLOCKS.values():
+            for order in ("", "DESC"):
+                conn.execute(f"SELECT first_seq, data FROM {table} ORDER BY first_seq {order} LIMIT 1").fetchone()
 
     def _open_checked(self, *, salvage: bool = False) -> None:
         wal_existed = Path(f"{self.path}-wal").exists()
@@ -154,246 +159,286 @@ class _Core:
             if running is not None and running[0] and not wal_existed:
                 # Stopped uncleanly, and the log holding its last commits is gone.
                 raise DamageFound("wal_missing", "the buffer's write-ahead log vanished after an unclean stop")
+            self.clean_stop = not (running is not None and running[0])
             # Marked in the main file itself, so a log lost later is noticed.
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('running', 1)")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._load_state()
+        if not salvage:
+            take_tail(self)
+            self.reserved_upto = self.last_seq + RESERVE_SEQS
+            self._set_meta("reserved_upto", self.reserved_upto)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _load_state(self) -> None:
         conn = self._conn()
         self.buffer_id = conn.execute("SELECT value FROM info WHERE key = 'buffer_id'").fetchone()[0]
         self.boots = [(first, boot) for first, boot in conn.execute("SELECT first_seq, boot FROM boots ORDER BY 1")]
-        for first, boot in self.boots:
-            if boot == boot_id():
-                self.this_boot_from = first
+        self.this_boot_from = next((first for first, boot in self.boots if boot == boot_id()), None)
         for sid, device, point, unit in conn.execute("SELECT id, device, point, unit FROM series"):
             self.series[(device, point, unit)] = sid
             self.series_by_id[sid] = (device, point, unit)
+        self.series_saved = max(self.series_by_id, default=0)
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        # meta holds the counter as of the last deletion; the tables hold anything newer.
+        # meta holds the counter as of the last deletion or clean stop; blocks hold anything newer.
         last = meta.get("last_seq", 0)
-        for prio, table in TABLES.items():
-            top, count = conn.execute(f"SELECT max(seq), count(*) FROM {table}").fetchone()
-            last = max(last, top or 0)
-            self.rows[prio] = count
-            per_row = meta.get(f"row_millibytes:{prio.name.lower()}", DEFAULT_ROW_BYTES * 1000) / 1000
-            self.bytes[prio] = count * per_row
+        for prio, table in BLOCKS.items():
+            top = 0
+            for last_seq, count, size in conn.execute(f"SELECT last_seq, count, length(data) FROM {table}"):
+                top = max(top, last_seq)
+                self.rows[prio] += count
+                self.bytes[prio] += blocks.block_cost(size)
+            self.top[prio] = top
+            last = max(last, top)
         self.last_seq = last
+        self.reserved_upto = meta.get("reserved_upto", 0)
         for key, value in meta.items():
             if key.startswith("dropped:"):
                 _, cls, reason = key.split(":", 2)
                 self.dropped.setdefault(cls, {})[reason] = value
-        self._load_cursors()
+        self.cursors, self.unsent = self.cursor_state(self.filters)
 
     def set_budgets(self, budgets: Mapping[Priority, Budget]) -> None:
         self.budgets = dict(budgets)
 
-    def set_filters(self, filters: Mapping[str, DestinationFilter]) -> None:
-        """Take a new set of destinations; a known one keeps its cursors, a new one starts from the buffer."""
-        self.filters = dict(filters)
-        self.destinations = list(filters)
-        self.cursors = {k: v for k, v in self.cursors.items() if k[0] in self.filters}
-        self.unsent = {}
-        self._load_cursors()
-
-    def _load_cursors(self) -> None:
+    def cursor_state(
+        self, filters: Mapping[str, DestinationFilter]
+    ) -> tuple[dict[tuple[str, Priority], int], dict[tuple[str, Priority], int]]:
+        """Cursors and unsent counts for a set of destinations: a known one keeps its cursors,
+        a new one starts from what is buffered. Counts cover this file's blocks only."""
         conn = self._conn()
         stored = {(d, Priority(p)): s for d, p, s in conn.execute("SELECT destination, priority, seq FROM cursors")}
-        for dest, filt in self.filters.items():
-            for prio, table in TABLES.items():
-                # A new destination starts from what is still buffered.
+        cursors, unsent = {}, {}
+        for dest, filt in filters.items():
+            for prio in BLOCKS:
                 cursor = self.cursors.get((dest, prio), stored.get((dest, prio), 0))
-                self.cursors[(dest, prio)] = cursor
-                self.unsent[(dest, prio)] = (
-                    conn.execute(f"SELECT count(*) FROM {table} WHERE seq > ?", (cursor,)).fetchone()[0]
-                    if prio in filt.classes
-                    else 0
-                )
+                cursors[(dest, prio)] = cursor
+                unsent[(dest, prio)] = self._count_after(prio, cursor) if prio in filt.classes else 0
+        return cursors, unsent
+
+    def set_filters(self, filters: Mapping[str, DestinationFilter]) -> None:
+        """A salvage buffer's new destinations (the buffer in use is changed by its owner)."""
+        self.filters = dict(filters)
+        self.destinations = list(filters)
+        self.cursors, self.unsent = self.cursor_state(filters)
 
     def _conn(self) -> sqlite3.Connection:
         if self.conn is None:
             raise StoreError("store is not open")
         return self.conn
 
+    def _set_meta(self, key: str, value: int) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- blocks --------------------------------------------------------------------
+
+    def sid_of(self, r: StoredReading) -> int:
+        return self.series[(r.device, r.point, r.unit)]
+
+    def _boot_of(self, seq: int) -> str:
+        i = bisect.bisect_right(self.boots, (seq, "\uffff")) - 1
+        return self.boots[i][1] if i >= 0 else "unknown"
+
+    def _decoded(self, prio: Priority, first: int, data: bytes | None = None) -> list[StoredReading]:
+        cached = self._cache.get(prio)
+        if cached is not None and cached[0] == first:
+            return cached[1]
+        if data is None:
+            row = self._conn().execute(f"SELECT data FROM {BLOCKS[prio]} WHERE first_seq = ?", (first,)).fetchone()
+            data = row[0] if row else b""
+        try:
+            readings = blocks.decode_block(data, prio, self.series_by_id, self._boot_of)
+        except blocks.BlockError as exc:
+            raise StoreCorrupt(f"the buffer is damaged: block {first} of {prio.name.lower()}: {exc}") from exc
+        self._cache[prio] = (first, readings)
+        return readings
+
+    def _decode_blocks(self, prio: Priority, firsts: Iterable[int]) -> list[StoredReading]:
+        out: list[StoredReading] = []
+        for first in firsts:
+            out.extend(self._decoded(prio, first))
+        return out
+
+    def _delete_blocks(self, prio: Priority, firsts: Sequence[int]) -> None:
+        if not firsts:
+            return
+        self._cache.pop(prio, None)
+        table = BLOCKS[prio]
+        conn = self._conn()
+        for first in firsts:
+            count, size = conn.execute(
+                f"DELETE FROM {table} WHERE first_seq = ? RETURNING count, length(data)", (first,)
+            ).fetchone()
+            self.rows[prio] -= count
+            self.bytes[prio] -= blocks.block_cost(size)
+
+    def _insert_block(self, prio: Priority, readings: Sequence[StoredReading], blob: bytes | None = None) -> int:
+        """Write one block of a class's readings (in sequence order); return its budget bytes."""
+        if blob is None:
+            blob = blocks.compress([blocks.encode_segment(readings, self.sid_of)])
+        boot_timed = sum(1 for r in readings if r.boot is not None)
+        self._conn().execute(
+            f"INSERT INTO {BLOCKS[prio]}(first_seq, last_seq, count, boot_timed, data) VALUES (?, ?, ?, ?, ?)",
+            (readings[0].seq, readings[-1].seq, len(readings), boot_timed, blob),
+        )
+        cost = blocks.block_cost(len(blob))
+        self.rows[prio] += len(readings)
+        self.bytes[prio] += cost
+        self.top[prio] = max(self.top[prio], readings[-1].seq)
+        self._cache.pop(prio, None)
+        return cost
+
+    def _after(self, prio: Priority, cursor: int, limit: int) -> list[StoredReading]:
+        """Up to ``limit`` readings of a class numbered above ``cursor``, in order."""
+        table = BLOCKS[prio]
+        spans = self._conn().execute(
+            f"SELECT first_seq, last_seq FROM {table} WHERE first_seq >= "
+            f"coalesce((SELECT max(first_seq) FROM {table} WHERE first_seq <= ?), 0) ORDER BY first_seq",
+            (cursor,),
+        )
+        out: list[StoredReading] = []
+        for first, last in spans:
+            if last <= cursor:
+                continue
+            readings = self._decoded(prio, first)
+            start = bisect.bisect_right(readings, cursor, key=_SEQ)
+            out.extend(readings[start : start + limit - len(out)])
+            if len(out) >= limit:
+                break
+        spans.close()
+        return out
+
+    def _count_after(self, prio: Priority, cursor: int) -> int:
+        conn = self._conn()
+        table = BLOCKS[prio]
+        whole = conn.execute(f"SELECT coalesce(sum(count), 0) FROM {table} WHERE first_seq > ?", (cursor,)).fetchone()
+        part = conn.execute(
+            f"SELECT first_seq, last_seq FROM {table} WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (cursor,)
+        ).fetchone()
+        n = int(whole[0])
+        if part is not None and part[1] > cursor:
+            readings = self._decoded(prio, part[0])
+            n += len(readings) - bisect.bisect_right(readings, cursor, key=_SEQ)
+        return n
+
     # -- writing -------------------------------------------------------------------
 
-    def _reject_over_budget(self, readings: Sequence[Reading]) -> tuple[list[Reading], dict[Priority, int]]:
-        """Drop the newest readings of full ``reject_new`` classes before numbering."""
-        rejected: dict[Priority, int] = {}
-        for prio, budget in self.budgets.items():
-            if budget.policy != "reject_new":
-                continue
-            incoming = sum(1 for r in readings if r.priority == prio)
-            if not incoming:
-                continue
-            per_row = self._per_row(prio)
-            room = max(0, int((budget.max_bytes - self.bytes[prio]) / per_row))
-            if incoming > room:
-                rejected[prio] = incoming - room
-        if not rejected:
-            return list(readings), rejected
-        keep_left = {p: sum(1 for r in readings if r.priority == p) - n for p, n in rejected.items()}
-        kept = []
-        for r in readings:
-            left = keep_left.get(r.priority)
-            if left is None:
-                kept.append(r)
-            elif left > 0:
-                kept.append(r)
-                keep_left[r.priority] = left - 1
-        return kept, rejected
+    def commit(
+        self,
+        readings: Sequence[StoredReading],
+        *,
+        series: Sequence[tuple[int, str, str, str]] = (),
+        boots: Sequence[tuple[int, str]] = (),
+        drops: Mapping[tuple[Priority, str], int] | None = None,
+        reserve: int | None = None,
+        cursors: CursorItems = (),
+        full: bool = False,
+        per_block: int = 5000,
+    ) -> dict[Priority, Freed]:
+        """Write numbered readings (in sequence order) as blocks of at most ``per_block``
+        readings of one class, in one transaction.
 
-    def _per_row(self, prio: Priority) -> float:
-        rows = self.rows[prio]
-        return self.bytes[prio] / rows if rows else DEFAULT_ROW_BYTES * PAGE_FACTOR
-
-    def commit(self, readings: Sequence[Reading]) -> int:
-        """Commit readings in one transaction; return the last sequence number given.
-
-        Full classes are handled here, inside the same transaction, so the buffer never
-        exceeds its budgets by more than this one batch.
+        Full classes give up room by their policy inside the same transaction, so the
+        buffer never exceeds its budgets by more than one batch. ``series`` and ``boots``
+        are the ones the readings use that the file does not have yet; ``drops`` counts
+        to add; ``reserve`` a new reservation of numbers (written through, with an fsync,
+        as is a transaction holding an alarm); ``cursors`` to write. Returns what each
+        full class gave up.
         """
         conn = self._conn()
-        kept, rejected = self._reject_over_budget(readings)
-        new_series: dict[tuple[str, str, str], int] = {}
-        rows: dict[Priority, list[tuple[int, int, int, int | float | str | None, int]]] = {p: [] for p in TABLES}
-        cost: dict[Priority, float] = dict.fromkeys(TABLES, 0.0)
-        seq = self.last_seq
-        next_sid = max(self.series_by_id, default=0) + 1
-        series = self.series
-        boot_from = self.this_boot_from
-        for r in kept:
-            key = (r.device, r.point, r.unit)
-            sid = series.get(key) or new_series.get(key)
-            if sid is None:
-                sid = new_series[key] = next_sid
-                next_sid += 1
-            seq += 1
-            stored, flags = encode_value(r.value, r.reason)
-            flags |= r.quality
-            if r.boot_relative:
-                flags |= BOOT_TIME_FLAG
-                if boot_from is None:
-                    boot_from = seq
-            rows[r.priority].append((seq, round(r.ts * 1000), sid, stored, flags))
-            cost[r.priority] += row_bytes(seq, stored, flags)
-        new_boot = boot_from is not None and self.this_boot_from is None
-        has_alarm = bool(rows[Priority.ALARM])
-        freed: dict[Priority, tuple[str, list[int], int]] = {}
+        by_class: dict[Priority, list[StoredReading]] = {}
+        for r in readings:
+            by_class.setdefault(r.priority, []).append(r)
+        parts = [(p, rs[i : i + per_block]) for p, rs in by_class.items() for i in range(0, len(rs), per_block)]
+        blobs = [(p, part, blocks.compress([blocks.encode_segment(part, self.sid_of)])) for p, part in parts]
+        full = full or Priority.ALARM in by_class or reserve is not None
+        freed: dict[Priority, Freed] = {}
+        counts = dict(drops or {})
+        saved = (dict(self.rows), dict(self.bytes), dict(self.top))
         try:
-            if has_alarm:
+            if full:
                 conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for prio, budget in self.budgets.items():
-                    need = self.bytes[prio] + cost[prio] * PAGE_FACTOR - budget.max_bytes
-                    if need > 0 and budget.policy != "reject_new" and self.rows[prio]:
-                        freed[prio] = self._make_room(prio, budget, need)
-                if new_boot:
-                    conn.execute("INSERT INTO boots(first_seq, boot) VALUES (?, ?)", (boot_from, boot_id()))
-                if new_series:
+                if boots:
+                    conn.executemany("INSERT OR IGNORE INTO boots(first_seq, boot) VALUES (?, ?)", boots)
+                if series:
                     conn.executemany(
-                        "INSERT INTO series(id, device, point, unit) VALUES (?, ?, ?, ?)",
-                        [(sid, *key) for key, sid in new_series.items()],
+                        "INSERT OR IGNORE INTO series(id, device, point, unit) VALUES (?, ?, ?, ?)", series
                     )
-                for prio, batch in rows.items():
-                    if batch:
-                        conn.executemany(
-                            f"INSERT INTO {TABLES[prio]}(seq, ts_ms, series, value, flags) VALUES (?, ?, ?, ?, ?)",
-                            batch,
-                        )
-                drops = [(p, "rejected_full", n) for p, n in rejected.items()]
-                drops += [(p, reason, len(seqs)) for p, (reason, seqs, _) in freed.items() if seqs]
-                for prio, reason, n in drops:
+                for prio, part, blob in blobs:
+                    # Room is made block by block: never more than one block over the budget.
+                    budget = self.budgets[prio]
+                    need = self.bytes[prio] + blocks.block_cost(len(blob)) - budget.max_bytes
+                    if need > 0 and budget.policy != "reject_new" and self.rows[prio]:
+                        f = make_room(self, prio, budget, need, self._ack_floor(prio))
+                        into = freed.setdefault(prio, Freed(f.reason))
+                        into.reason = f.reason if f.dropped else into.reason
+                        into.dropped += f.dropped
+                        into.removed += f.removed
+                        into.bytes += f.bytes
+                    self._insert_block(prio, part, blob)
+                for prio, f in freed.items():
+                    f.dropped.sort()
+                    if f.dropped:
+                        counts[(prio, f.reason)] = counts.get((prio, f.reason), 0) + len(f.dropped)
+                for (prio, reason), n in counts.items():
                     conn.execute(
                         "INSERT INTO meta(key, value) VALUES (?, ?) "
                         "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
                         (f"dropped:{prio.name.lower()}:{reason}", n),
                     )
+                if reserve is not None:
+                    self._set_meta("reserved_upto", reserve)
+                self._write_cursors(cursors)
                 conn.execute("COMMIT")
             except BaseException:
                 # SQLite may already have rolled back (it does on a full disk).
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+        except BaseException as exc:
+            self.rows, self.bytes, self.top = saved
+            self._cache.clear()
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(exc) from exc
+            raise
         finally:
-            if has_alarm:
+            if full:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA synchronous = NORMAL")
-        # The transaction is durable: now update what is kept in memory.
-        if new_boot and boot_from is not None:
-            self.this_boot_from = boot_from
-            self.boots.append((boot_from, boot_id()))
-        for key, sid in new_series.items():
-            series[key] = sid
-            self.series_by_id[sid] = key
-        self.last_seq = seq
-        for prio, (reason, seqs, removed_rows) in freed.items():
-            per_row = self._per_row(prio)
-            self.rows[prio] -= removed_rows
-            self.bytes[prio] = max(0.0, self.bytes[prio] - removed_rows * per_row)
-            self._forget_unsent(prio, seqs)
-            if seqs:
-                self._count_drop(prio, reason, len(seqs))
-                self.dropped_upto[prio] = max(self.dropped_upto[prio], seqs[-1])
-        for prio, n in rejected.items():
-            self._count_drop(prio, "rejected_full", n)
-        for prio, batch in rows.items():
-            self.rows[prio] += len(batch)
-            self.bytes[prio] += cost[prio] * PAGE_FACTOR
-        for (dest, prio), _ in list(self.unsent.items()):
-            if prio in self.filters[dest].classes:
-                self.unsent[(dest, prio)] += len(rows[prio])
-        return seq
+        # The transaction is durable: now what is kept in memory.
+        if reserve is not None:
+            self.reserved_upto = reserve
+        self.series_saved = max([self.series_saved, *(s[0] for s in series)])
+        for first, boot in boots:
+            if (first, boot) not in self.boots:
+                bisect.insort(self.boots, (first, boot))
+        for (prio, reason), n in counts.items():
+            per = self.dropped.setdefault(prio.name.lower(), {})
+            per[reason] = per.get(reason, 0) + n
+        for prio, f in freed.items():
+            if f.dropped:
+                self.dropped_upto[prio] = max(self.dropped_upto[prio], f.dropped[-1])
+        if readings:
+            self.last_seq = max(self.last_seq, readings[-1].seq)
+        return freed
 
-    def _make_room(self, prio: Priority, budget: Budget, need: float) -> tuple[str, list[int], int]:
-        """Free at least ``need`` bytes of a full class, by its policy.
-
-        Returns (drop reason, the dropped sequence numbers, rows removed from the table).
-        Acknowledged rows go first (nothing is lost); then the policy decides.
-        """
-        conn = self._conn()
-        table = TABLES[prio]
-        per_row = self._per_row(prio)
-        want = int(need / per_row) + 1 + int(budget.max_bytes * BUDGET_SLACK / per_row)
-        floor = self._ack_floor(prio)
-        acked = [
-            s
-            for (s,) in conn.execute(
-                f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE seq <= ? ORDER BY seq LIMIT ?) "
-                "RETURNING seq",
-                (floor, want),
+    def _write_cursors(self, items: CursorItems) -> None:
+        if items:
+            self._conn().executemany(
+                "INSERT INTO cursors(destination, priority, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT(destination, priority) DO UPDATE SET seq = excluded.seq",
+                [(d, int(p), s) for d, p, s in items],
             )
-        ]
-        want -= len(acked)
-        if want <= 0:
-            return "acknowledged", [], len(acked)
-        if budget.policy == "drop_oldest":
-            dropped = [
-                s
-                for (s,) in conn.execute(
-                    f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} ORDER BY seq LIMIT ?) RETURNING seq",
-                    (want,),
-                )
-            ]
-            return "drop_oldest", sorted(dropped), len(acked) + len(dropped)
-        # thin: of the oldest readings, keep every n-th. The region is rewritten (deleted and
-        # the survivors inserted again under their own numbers) so its pages stay dense.
-        n = budget.thin_keep_every
-        region_rows = want * n // (n - 1) + 1
-        region = conn.execute(
-            f"SELECT seq, ts_ms, series, value, flags FROM {table} ORDER BY seq LIMIT ?", (region_rows,)
-        ).fetchall()
-        if not region:
-            return "thinned", [], len(acked)
-        survivors = region[::n]
-        keep = {row[0] for row in survivors}
-        conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (region[-1][0],))
-        conn.executemany(f"INSERT INTO {table}(seq, ts_ms, series, value, flags) VALUES (?, ?, ?, ?, ?)", survivors)
-        dropped = [row[0] for row in region if row[0] not in keep]
-        return "thinned", dropped, len(acked) + len(dropped)
+
+    def write_cursors(self, items: CursorItems) -> bool:
+        """Write cursors on their own; False while the disk refuses (a crash then only resends)."""
+        try:
+            self._write_cursors(items)
+        except sqlite3.Error as exc:
+            log.debug("cursor write failed: %s", exc)
+            return False
+        return True
 
     def _ack_floor(self, prio: Priority) -> int:
         """Highest seq of a class that every destination sending that class has acknowledged."""
@@ -402,70 +447,30 @@ class _Core:
             return self.last_seq if self.filters else 0
         return min(cursors)
 
-    def _forget_unsent(self, prio: Priority, dropped: list[int]) -> None:
-        for dest, filt in self.filters.items():
-            if prio in filt.classes:
-                cursor = self.cursors[(dest, prio)]
-                gone = len(dropped) - bisect.bisect_right(dropped, cursor)
-                self.unsent[(dest, prio)] = max(0, self.unsent[(dest, prio)] - gone)
-
-    def _count_drop(self, prio: Priority, reason: str, n: int) -> None:
-        per = self.dropped.setdefault(prio.name.lower(), {})
-        per[reason] = per.get(reason, 0) + n
-
     # -- reading for sync ----------------------------------------------------------
 
     def read_batch(self, destination: str, limit: int) -> Batch | None:
-        """The next batch for a destination: alarms first, then events, then telemetry."""
-        conn = self._conn()
-        filt = self.filters[destination]
-        for prio, table in TABLES.items():
-            if prio not in filt.classes:
-                continue
-            cursor = self.cursors[(destination, prio)]
-            rows = conn.execute(
-                f"SELECT seq, ts_ms, series, value, flags FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
-                (cursor, limit),
-            ).fetchall()
-            if not rows:
-                continue
-            # A batch holds either wall-clock times or boot-relative ones, never both:
-            # a SenML pack's base time cannot speak for a record that has no time.
-            boot_time = rows[0][4] & BOOT_TIME_FLAG
-            for i, row in enumerate(rows):
-                if row[4] & BOOT_TIME_FLAG != boot_time:
-                    rows = rows[:i]
-                    break
-            scanned_to = rows[-1][0]
-            if filt.devices is not None:
-                devices, by_id = filt.devices, self.series_by_id
-                rows = [r for r in rows if by_id[r[2]][0] in devices]
-            readings = [self._stored(prio, *r) for r in rows]
-            return Batch(destination, prio, readings, scanned_to=scanned_to, buffer_id=self.buffer_id)
+        """The next batch of a salvage buffer: alarms first, then events, then telemetry."""
+        for prio in BLOCKS:
+            if prio in self.filters[destination].classes:
+                batch = self.read_class(destination, prio, limit)
+                if batch is not None:
+                    return batch
         return None
 
-    def _stored(
-        self, prio: Priority, seq: int, ts_ms: int, sid: int, stored: int | float | str | None, flags: int
-    ) -> StoredReading:
-        device, point, unit = self.series_by_id[sid]
-        quality = Quality(flags & QUALITY_MASK)
-        boot = self._boot_of(seq) if flags & BOOT_TIME_FLAG else None
-        if flags & TEXT_FLAG:
-            text, reason = decode_text(str(stored))
-            return StoredReading(seq, device, point, ts_ms / 1000, text, unit, quality, prio, boot, reason)
-        return StoredReading(seq, device, point, ts_ms / 1000, decode_value(stored, flags), unit, quality, prio, boot)
-
-    def _boot_of(self, seq: int) -> str:
-        i = bisect.bisect_right(self.boots, (seq, "\uffff")) - 1
-        return self.boots[i][1] if i >= 0 else "unknown"
+    def read_class(self, destination: str, prio: Priority, limit: int, cursor: int | None = None) -> Batch | None:
+        """The next batch of one class from the blocks, above the destination's cursor."""
+        filt = self.filters[destination]
+        cursor = self.cursors[(destination, prio)] if cursor is None else cursor
+        if cursor >= self.top[prio]:
+            return None
+        readings = self._after(prio, cursor, limit)
+        if not readings:
+            return None
+        return make_batch(destination, prio, readings, filt, self.buffer_id)
 
     def ack(self, destination: str, priority: Priority, scanned_to: int, count: int) -> bool:
-        """Advance a destination's cursor past an acknowledged (or wholly filtered) batch.
-
-        The cursor moves in memory whatever happens; if it cannot be written (a full
-        disk) it is kept for ``save_cursors`` and False is returned. A crash before then
-        only means the batch is sent again, which receivers tolerate.
-        """
+        """Advance a salvage buffer's cursor; False if it could not be written (it is kept)."""
         key = (destination, priority)
         if scanned_to <= self.cursors[key]:
             return True
@@ -475,40 +480,43 @@ class _Core:
         return self.save_cursors()
 
     def save_cursors(self) -> bool:
-        """Write the cursors moved in memory; False while the disk refuses."""
+        """Write a salvage buffer's cursors moved in memory; False while the disk refuses."""
         if not self.unsaved_cursors:
             return True
-        conn = self._conn()
-        try:
-            conn.executemany(
-                "INSERT INTO cursors(destination, priority, seq) VALUES (?, ?, ?) "
-                "ON CONFLICT(destination, priority) DO UPDATE SET seq = excluded.seq",
-                [(d, int(p), self.cursors[(d, p)]) for d, p in self.unsaved_cursors],
-            )
-        except sqlite3.Error as exc:
-            log.debug("cursor write failed: %s", exc)
+        if not self.write_cursors([(d, p, self.cursors[(d, p)]) for d, p in self.unsaved_cursors]):
             return False
         self.unsaved_cursors.clear()
         return True
 
-    def retime(self, offset_s: float) -> int:
-        """Give this boot's boot-relative readings their wall time, now that the clock is set."""
-        if self.this_boot_from is None:
-            return 0
+    def retime(self, offset_s: float, boot_from: int) -> int:
+        """Give this boot's boot-relative readings in blocks their wall time (the clock is set)."""
+        from dataclasses import replace
+
         conn = self._conn()
         offset_ms = round(offset_s * 1000)
         n = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for table in TABLES.values():
-                n += conn.execute(
-                    f"UPDATE {table} SET ts_ms = ts_ms + ?, flags = flags & ? WHERE seq >= ? AND flags & ?",
-                    (offset_ms, ~BOOT_TIME_FLAG, self.this_boot_from, BOOT_TIME_FLAG),
-                ).rowcount
+            for prio, table in BLOCKS.items():
+                timed = conn.execute(
+                    f"SELECT first_seq FROM {table} WHERE boot_timed > 0 AND last_seq >= ?", (boot_from,)
+                ).fetchall()
+                for (first,) in timed:
+                    old = self._decoded(prio, first)
+                    new = [
+                        replace(r, ts=(round(r.ts * 1000) + offset_ms) / 1000, boot=None)
+                        if r.boot is not None and r.seq >= boot_from
+                        else r
+                        for r in old
+                    ]
+                    n += sum(1 for a, b in zip(old, new, strict=True) if a is not b)
+                    self._delete_blocks(prio, [first])
+                    self._insert_block(prio, new)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._cache.clear()
             raise _translate(exc) from exc
         return n
 
@@ -517,74 +525,87 @@ class _Core:
         with contextlib.suppress(sqlite3.Error):
             self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def prune(self) -> int:
-        """Delete rows every destination has acknowledged; return how many."""
+    def prune(self, last_seq: int, cursors: CursorItems = ()) -> int:
+        """Delete readings every destination has acknowledged; return how many.
+
+        Whole blocks go; the block a floor falls inside is written again without its
+        acknowledged part. ``last_seq`` (the counter) and ``cursors`` are written in the same
+        transaction, so no deleted number can ever be handed out again.
+        """
         if not self.filters:
             return 0
         conn = self._conn()
         deleted = 0
-        # Persist the counter first, so deleting the newest rows can never let a
-        # sequence number be handed out again.
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq' AND value < ?", (self.last_seq, self.last_seq))
-        for prio, table in TABLES.items():
-            floor = self._ack_floor(prio)
-            per_row = self._per_row(prio)
-            while True:
-                cur = conn.execute(
-                    f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE seq <= ? ORDER BY seq LIMIT ?)",
-                    (floor, PRUNE_CHUNK_ROWS),
-                )
-                n = cur.rowcount
-                deleted += n
-                self.rows[prio] -= n
-                self.bytes[prio] = max(0.0, self.bytes[prio] - n * per_row)
-                if n < PRUNE_CHUNK_ROWS:
-                    break
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('last_seq', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                (last_seq,),
+            )
+            self._write_cursors(cursors)
+            for prio, table in BLOCKS.items():
+                floor = self._ack_floor(prio)
+                spans = conn.execute(
+                    f"SELECT first_seq, last_seq, count FROM {table} WHERE first_seq <= ? ORDER BY first_seq", (floor,)
+                ).fetchall()
+                whole = [first for first, last, _ in spans if last <= floor]
+                deleted += sum(count for _, last, count in spans if last <= floor)
+                self._delete_blocks(prio, whole)
+                if spans and spans[-1][1] > floor:
+                    readings = self._decoded(prio, spans[-1][0])
+                    keep = readings[bisect.bisect_right(readings, floor, key=_SEQ) :]
+                    deleted += len(readings) - len(keep)
+                    self._delete_blocks(prio, [spans[-1][0]])
+                    self._insert_block(prio, keep)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._reload_sizes()
+            raise _translate(exc) from exc
         return deleted
+
+    def _reload_sizes(self) -> None:
+        self._cache.clear()
+        for prio, table in BLOCKS.items():
+            rows = self._conn().execute(f"SELECT last_seq, count, length(data) FROM {table}").fetchall()
+            self.rows[prio] = sum(r[1] for r in rows)
+            self.bytes[prio] = sum(blocks.block_cost(r[2]) for r in rows)
+            self.top[prio] = max((r[0] for r in rows), default=0)
 
     # -- status --------------------------------------------------------------------
 
-    def oldest_unsent(self, destination: str) -> float | None:
-        conn = self._conn()
-        oldest: float | None = None
-        for prio, table in TABLES.items():
-            if prio not in self.filters[destination].classes:
-                continue
-            row = conn.execute(
-                f"SELECT ts_ms FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1",
-                (self.cursors[(destination, prio)],),
-            ).fetchone()
-            if row is not None and (oldest is None or row[0] / 1000 < oldest):
-                oldest = row[0] / 1000
-        return oldest
+    def first_after(self, prio: Priority, cursor: int) -> StoredReading | None:
+        readings = self._after(prio, cursor, 1)
+        return readings[0] if readings else None
 
     def file_bytes(self) -> int:
         total = 0
-        for suffix in ("", "-wal"):
+        for name in (str(self.path), f"{self.path}-wal", str(tail_path(self.path))):
             with contextlib.suppress(OSError):
-                total += Path(f"{self.path}{suffix}").stat().st_size
+                total += Path(name).stat().st_size
         return total
 
     def all_readings(self) -> list[StoredReading]:
-        """Every buffered reading in sequence order (for tests and the CLI)."""
+        """Every reading in the blocks, in sequence order (for tests and the CLI)."""
         conn = self._conn()
-        out = []
-        for prio, table in TABLES.items():
-            for row in conn.execute(f"SELECT seq, ts_ms, series, value, flags FROM {table}"):
-                out.append(self._stored(prio, *row))
-        out.sort(key=lambda r: r.seq)
+        out: list[StoredReading] = []
+        for prio, table in BLOCKS.items():
+            for (first,) in conn.execute(f"SELECT first_seq FROM {table} ORDER BY first_seq").fetchall():
+                out.extend(self._decoded(prio, first))
+        out.sort(key=_SEQ)
         return out
 
-    def close(self) -> None:
+    def close(self, last_seq: int | None = None, cursors: CursorItems = ()) -> None:
+        """A clean stop: the counter is written and the reservation given back."""
         if self.conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.save_cursors()
-                for prio in TABLES:
-                    if self.rows[prio]:
-                        self.conn.execute(
-                            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                            (f"row_millibytes:{prio.name.lower()}", int(self._per_row(prio) * 1000)),
-                        )
+                self._write_cursors(cursors)
+                last = max(self.last_seq, last_seq or 0)
+                self._set_meta("last_seq", last)
+                self._set_meta("reserved_upto", last)
                 self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('running', 0)")
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._close_quietly()
@@ -592,29 +613,41 @@ class _Core:
     def delete_files(self) -> None:
         """Remove a salvage buffer that every destination has acknowledged."""
         self._close_quietly()
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-tail"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{suffix}")
 
     def fully_sent(self) -> bool:
-        """Every destination has acknowledged every row it takes (a salvage buffer can go)."""
+        """Every destination has acknowledged every reading it takes (a salvage buffer can go)."""
         if not self.filters:
             return False
-        conn = self._conn()
-        for dest, filt in self.filters.items():
-            for prio in filt.classes:
-                row = conn.execute(
-                    f"SELECT 1 FROM {TABLES[prio]} WHERE seq > ? LIMIT 1", (self.cursors[(dest, prio)],)
-                ).fetchone()
-                if row is not None:
-                    return False
-        return True
+        return all(
+            self.cursors[(dest, prio)] >= self.top[prio] for dest, filt in self.filters.items() for prio in filt.classes
+        )
 
     def _close_quietly(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
             self.conn = None
+
+
+def make_batch(
+    destination: str, prio: Priority, readings: list[StoredReading], filt: DestinationFilter, buffer_id: str
+) -> Batch:
+    """A batch of a class's readings: wall-clock times or boot-relative ones, never both (a
+    SenML pack's base time cannot speak for a record that has no time); the device filter
+    applied, the cursor moving past what it left out."""
+    boot_timed = readings[0].boot is not None
+    for i, r in enumerate(readings):
+        if (r.boot is not None) != boot_timed:
+            readings = readings[:i]
+            break
+    scanned_to = readings[-1].seq
+    if filt.devices is not None:
+        devices = filt.devices
+        readings = [r for r in readings if r.device in devices]
+    return Batch(destination, prio, readings, scanned_to=scanned_to, buffer_id=buffer_id)
 
 
 def _translate(exc: sqlite3.Error) -> StoreError:

@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeagent.store.schema import FILE_MODE, TABLES, create_file, new_buffer_id
+from edgeagent.model import Priority, StoredReading
+from edgeagent.store import blocks
+from edgeagent.store.convert import convert_row
+from edgeagent.store.schema import BLOCKS, CONVERT_BLOCK_READINGS, FILE_MODE, TABLES, create_file, new_buffer_id
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ WAL_HEADER_BYTES = 32
 SCAN_CHUNK = 1024
 GIVE_UP_WIDTH = 16  # a failing seq range this narrow is skipped: it sits in a broken page
 MAX_IDLE_CHUNKS = 64  # past the highest known number, this many empty chunks end the scan
-Row = tuple[int, int, int, object, int]
+Row = tuple[object, ...]
 
 
 @dataclass(slots=True)
@@ -88,7 +91,7 @@ def move_aside(path: Path, reason: str) -> Path:
         n += 1
         target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     log.error("store %s is damaged (%s); moving it aside to %s", path, reason, target)
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-tail"):
         src = Path(f"{path}{suffix}")
         if src.exists():
             src.rename(Path(f"{target}{suffix}"))
@@ -164,7 +167,7 @@ def salvage(aside: Path, store_path: Path, damage: Damage) -> None:
         log.error("cannot open %s to salvage it: %s", aside, exc)
         return
     try:
-        _salvage(conn, store_path, damage)
+        _salvage(conn, aside, store_path, damage)
     except sqlite3.Error as exc:
         log.error("salvaging %s stopped: %s", aside, exc)
     finally:
@@ -186,63 +189,132 @@ def _all(conn: sqlite3.Connection, sql: str) -> list[tuple[object, ...]]:
         return []
 
 
-def _salvage(conn: sqlite3.Connection, store_path: Path, damage: Damage) -> None:
+def _salvage(conn: sqlite3.Connection, aside: Path, store_path: Path, damage: Damage) -> None:
+    from edgeagent.store.replay import tail_readings
+
     old_id = _one(conn, "SELECT value FROM info WHERE key = 'buffer_id'")
     damage.old_buffer_id = old_id if isinstance(old_id, str) else None
     counter = _one(conn, "SELECT value FROM meta WHERE key = 'last_seq'")
     highest = int(counter) if isinstance(counter, int) else 0
-    lowest_present: int | None = None
-    for table in TABLES.values():
+    series = _all(conn, "SELECT id, device, point, unit FROM series")
+    names: dict[int, tuple[str, str, str]] = {int(r[0]): (str(r[1]), str(r[2]), str(r[3])) for r in series}  # type: ignore[call-overload]
+    boots = sorted(_all(conn, "SELECT first_seq, boot FROM boots"))
+    cursor_rows = _all(conn, "SELECT destination, priority, seq FROM cursors")
+    cursors = {(str(d), int(p)): int(s) for d, p, s in cursor_rows}  # type: ignore[call-overload]
+    found: dict[Priority, dict[int, StoredReading]] = {p: {} for p in BLOCKS}
+    # Tables of this file's format (rows before schema step 3, blocks since); all when unknown.
+    tables = {str(r[0]) for r in _all(conn, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = tables or {*TABLES.values(), *BLOCKS.values()}
+    for prio, table in TABLES.items():
+        if table not in tables:
+            continue
         highest = max(highest, int(_one(conn, f"SELECT max(seq) FROM {table}", 0)))  # type: ignore[call-overload]
-        low = _one(conn, f"SELECT min(seq) FROM {table}")
-        if isinstance(low, int):
-            lowest_present = low if lowest_present is None else min(lowest_present, low)
-    cursors = [(str(d), int(p), int(s)) for d, p, s in _all(conn, "SELECT destination, priority, seq FROM cursors")]  # type: ignore[call-overload]
+        for row in _readable_rows(conn, table, 0, highest):
+            if row[2] in names:
+                found[prio][int(row[0])] = convert_row(prio, names, *row)  # type: ignore[arg-type]
+    for table in BLOCKS.values():
+        highest = max(highest, int(_one(conn, f"SELECT max(last_seq) FROM {table}", 0)))  # type: ignore[call-overload]
+    for prio, table in BLOCKS.items():
+        if table not in tables:
+            continue
+        for r in _readable_blocks(conn, table, prio, names, boots, highest):
+            found[prio][r.seq] = r
+    tail = tail_readings(Path(f"{aside}-tail"), names)
+    if tail is not None and tail.buffer_id in (None, damage.old_buffer_id):
+        for sid, device, point, unit in tail.series:
+            names[sid] = (device, point, unit)
+            series.append((sid, device, point, unit))
+        for (dest, prio), seq in tail.acks.items():
+            cursors[(dest, int(prio))] = max(cursors.get((dest, int(prio)), 0), seq)
+        for prio, readings in tail.readings.items():
+            for r in readings:
+                found[prio].setdefault(r.seq, r)
+        highest = max(highest, tail.highest)
+        timed = [r.seq for rs in tail.readings.values() for r in rs if r.boot is not None]
+        if timed:
+            boots = sorted({*boots, (min(timed), tail.boot)})
+    present = [s for per in found.values() for s in per]
+    highest = max([highest, *present])
     # Below the lowest cursor everything was delivered; without cursors, send all (the
     # old identity makes a repeat harmless to a deduplicating receiver).
-    floor = min((s for _, _, s in cursors), default=0)
-    if lowest_present is not None:
-        floor = max(floor, min(lowest_present - 1, highest))
-    series = _all(conn, "SELECT id, device, point, unit FROM series")
-    known_series = {row[0] for row in series}
-    rows: dict[str, list[Row]] = {}
-    for table in TABLES.values():
-        rows[table] = [r for r in _readable_rows(conn, table, floor, highest) if r[2] in known_series]
+    floor = min(cursors.values(), default=0)
+    if present:
+        floor = max(floor, min(min(present) - 1, highest))
+    rows = {p: sorted((r for r in per.values() if r.seq > floor), key=lambda r: r.seq) for p, per in found.items()}
     saved = sum(len(r) for r in rows.values())
-    highest = max([highest, *(r[-1][0] for r in rows.values() if r)])
     damage.highest_seq = max(damage.highest_seq, highest)
     damage.salvaged = saved
-    # Without the counter or any row, how much there was is not known.
+    # Without the counter or any reading, how much there was is not known.
     damage.lost_at_most = max(0, highest - floor - saved) if isinstance(counter, int) or saved else None
     if not saved:
         return
-    boots = _all(conn, "SELECT first_seq, boot FROM boots")
     buffer_id = damage.old_buffer_id or new_buffer_id()
     target = salvage_path(store_path, buffer_id)
     create_file(target, last_seq=highest, buffer_id=buffer_id)
+    sids = {v: k for k, v in names.items()}
     out = sqlite3.connect(target, isolation_level=None)
     try:
         out.execute("BEGIN")
         out.executemany("INSERT INTO series(id, device, point, unit) VALUES (?, ?, ?, ?)", series)
-        out.executemany("INSERT INTO cursors(destination, priority, seq) VALUES (?, ?, ?)", cursors)
+        out.executemany(
+            "INSERT INTO cursors(destination, priority, seq) VALUES (?, ?, ?)",
+            [(d, p, s) for (d, p), s in cursors.items()],
+        )
         out.executemany("INSERT INTO boots(first_seq, boot) VALUES (?, ?)", boots)
-        for table, batch in rows.items():
-            out.executemany(f"INSERT INTO {table}(seq, ts_ms, series, value, flags) VALUES (?, ?, ?, ?, ?)", batch)
+        for prio, readings in rows.items():
+            for i in range(0, len(readings), CONVERT_BLOCK_READINGS):
+                part = readings[i : i + CONVERT_BLOCK_READINGS]
+                blob = blocks.compress([blocks.encode_segment(part, lambda r: sids[(r.device, r.point, r.unit)])])
+                out.execute(
+                    f"INSERT INTO {BLOCKS[prio]}(first_seq, last_seq, count, boot_timed, data) VALUES (?, ?, ?, ?, ?)",
+                    (part[0].seq, part[-1].seq, len(part), sum(r.boot is not None for r in part), blob),
+                )
         out.execute("COMMIT")
     finally:
         out.close()
     log.warning("salvaged %d unsent readings of buffer %s into %s", saved, buffer_id, target.name)
 
 
-def _readable_rows(conn: sqlite3.Connection, table: str, after: int, highest: int) -> list[Row]:
-    """Rows with seq above ``after``, skipping the ranges that sit in broken pages.
+def _readable_blocks(
+    conn: sqlite3.Connection,
+    table: str,
+    prio: Priority,
+    names: blocks.Names,
+    boots: list[tuple[object, ...]],
+    highest: int,
+) -> list[StoredReading]:
+    """The readings of every block that can still be read and decoded; a broken one is skipped."""
+
+    def boot_of(seq: int) -> str:
+        found = [str(b) for first, b in boots if isinstance(first, int) and first <= seq]
+        return found[-1] if found else "unknown"
+
+    out: list[StoredReading] = []
+    for first, data in _readable_rows(conn, table, 0, highest, columns="first_seq, data", key="first_seq"):
+        try:
+            out.extend(blocks.decode_block(data, prio, names, boot_of))  # type: ignore[arg-type]
+        except blocks.BlockError as exc:
+            log.error("block %s of %s cannot be decoded (%s); skipped", first, table, exc)
+    return out
+
+
+def _readable_rows(
+    conn: sqlite3.Connection,
+    table: str,
+    after: int,
+    highest: int,
+    *,
+    columns: str = "seq, ts_ms, series, value, flags",
+    key: str = "seq",
+) -> list[Row]:
+    """Rows with ``key`` above ``after``, skipping the ranges that sit in broken pages.
 
     The highest number may itself be unreadable, so the scan goes on in chunks until a
     long run of chunks past the highest known number holds nothing.
     """
-    columns = f"SELECT seq, ts_ms, series, value, flags FROM {table}"
+    select = f"SELECT {columns} FROM {table}"
     try:
-        return conn.execute(f"{columns} WHERE seq > ? ORDER BY seq", (after,)).fetchall()
+        return conn.execute(f"{select} WHERE {key} > ? ORDER BY {key}", (after,)).fetchall()
     except sqlite3.Error:
         pass
     out: list[Row] = []
@@ -250,7 +322,7 @@ def _readable_rows(conn: sqlite3.Connection, table: str, after: int, highest: in
     def scan(lo: int, hi: int) -> int:
         """Rows found in [lo, hi], or -1 when none of it could be read."""
         try:
-            rows = conn.execute(f"{columns} WHERE seq BETWEEN ? AND ? ORDER BY seq", (lo, hi)).fetchall()
+            rows = conn.execute(f"{select} WHERE {key} BETWEEN ? AND ? ORDER BY {key}", (lo, hi)).fetchall()
         except sqlite3.Error:
             if hi - lo < GIVE_UP_WIDTH:
                 return -1

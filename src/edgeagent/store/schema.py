@@ -1,4 +1,11 @@
-"""The buffer's tables, the steps that create them, and how a new file comes to be."""
+"""The buffer's tables, the steps that create them, and how a new file comes to be.
+
+Schema steps (``PRAGMA user_version``): 1 made one row per reading in a table per class
+(``readings_<class>``) with series, meta and cursors; 2 added the buffer's identity and
+the boots of boot-relative readings; 3 keeps readings as compressed blocks
+(``blocks_<class>``, see ``edgeagent.store.blocks``): a buffer upgraded in place has its
+rows converted, in order and under their own numbers, in the step's one transaction.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,13 @@ TABLES: dict[Priority, str] = {
     Priority.EVENT: "readings_event",
     Priority.TELEMETRY: "readings_telemetry",
 }
+BLOCKS: dict[Priority, str] = {
+    Priority.ALARM: "blocks_alarm",
+    Priority.EVENT: "blocks_event",
+    Priority.TELEMETRY: "blocks_telemetry",
+}
+# Readings per block when rows of the old format are converted.
+CONVERT_BLOCK_READINGS = 5000
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -29,13 +43,8 @@ def new_buffer_id() -> str:
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
-    """Step 1: the per-class reading tables, series, meta and cursors."""
-    for table in TABLES.values():
-        db.execute(
-            f"CREATE TABLE IF NOT EXISTS {table} ("
-            "seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, series INTEGER NOT NULL, "
-            "value ANY, flags INTEGER NOT NULL) STRICT"
-        )
+    """Step 1: series, meta and cursors (and, before step 3 existed, one table per class
+    with a row per reading: a new file goes on to blocks, so it no longer makes them)."""
     db["series"].create(  # type: ignore[union-attr]
         {"id": int, "device": str, "point": str, "unit": str},
         pk="id",
@@ -64,7 +73,34 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS boots (first_seq INTEGER PRIMARY KEY, boot TEXT NOT NULL) STRICT")
 
 
-MIGRATIONS = [_migrate_v1, _migrate_v2]
+def create_block_tables(conn: sqlite3.Connection) -> None:
+    for table in BLOCKS.values():
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, "
+            "count INTEGER NOT NULL, boot_timed INTEGER NOT NULL, data BLOB NOT NULL) STRICT"
+        )
+
+
+def _migrate_v3(db: sqlite_utils.Database) -> None:
+    """Step 3: readings as compressed blocks; the rows of an older buffer become blocks.
+
+    Rows are converted in sequence order, keeping their numbers, times, values, flags
+    and series, so a backlog written by the previous format is delivered as it was.
+    """
+    from edgeagent.store.convert import rows_to_blocks
+
+    conn = db.conn
+    create_block_tables(conn)
+    present = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for prio, table in TABLES.items():
+        if table not in present:
+            continue
+        rows_to_blocks(conn, prio, table, BLOCKS[prio], CONVERT_BLOCK_READINGS)
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DELETE FROM meta WHERE key LIKE 'row_millibytes:%'")
+
+
+MIGRATIONS = [_migrate_v1, _migrate_v2, _migrate_v3]
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -107,9 +143,8 @@ def create_file(path: Path, *, last_seq: int = 0, buffer_id: str | None = None) 
     os.chmod(tmp, FILE_MODE)
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
-        # A new file gets incremental auto-vacuum, so free pages can be given back
-        # in small steps instead of by a full VACUUM.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        # No auto-vacuum: its pointer-map pages would be written with every page the
+        # blocks take or give back, and budgets keep the file bounded (free pages are reused).
         migrate(conn)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
         if buffer_id is not None:
