@@ -207,9 +207,18 @@ async def test_a_technician_finds_the_dark_sensor_proves_the_fix_and_leaves(tmp_
             await page.wait_for_selector("#action-result.bad")
             assert "failed" in await page.locator("#action-result").inner_text()
             b.silent = False
-            await page.click("#repoll")
-            await page.wait_for_selector("#action-result.ok", timeout=15_000)
-            assert (await page.locator("#action-result").inner_text()) == "ok: answered"
+            # The request stuck on the silent connection may fail one more poll before the
+            # agent dials again: the technician presses once more, as at the pole.
+            fixed_at = time.monotonic()
+            while True:
+                async with page.expect_response(lambda r: r.url.endswith("/repoll")) as answer:
+                    await page.click("#repoll")
+                result = (await (await answer.value).json())["result"]
+                await page.get_by_text(result, exact=True).wait_for()
+                if result == "ok: answered":
+                    break
+                assert time.monotonic() - fixed_at < 20, f"still failing 20 s after the fix: {result}"
+            assert "ok" in (await page.get_attribute("#action-result", "class") or "")
 
             # An alarm comes in; the technician acknowledges it.
             agent.hub.alarm("wl-02", "water_high", True, "water above 150 mm under the viaduct")
