@@ -6,7 +6,7 @@ import datetime
 import random
 from zoneinfo import ZoneInfo
 
-from edgeagent.rules.state import restore, snapshot
+from edgeagent.rules.state import restore, restore_windows, snapshot, windows_snapshot
 from tests.rulekit import T0, Recorder, bound
 
 FLOOD = """
@@ -274,3 +274,32 @@ def test_acknowledging_stops_reminders_and_failed_actions_raise_and_clear_one_al
         ("sign-01", "action_failed:closure", "raised", "sign-01/closure: writing 1 failed: exception 04"),
         ("sign-01", "action_failed:closure", "cleared", "sign-01/closure confirmed"),
     ]
+
+
+def test_window_contents_survive_a_restart_unless_the_rule_changed() -> None:
+    rules = """
+[[rules]]
+name = "rising"
+subjects = { devices = ["wl-01"] }
+inputs = { depth = "water_level" }
+when = "rate(depth, 60) > 1"
+"""
+    first = bound(rules)
+    rec = Recorder()
+    engine = rec.engine(first)
+    for i in range(30):
+        feed(engine, T0 + i, 100 + 0.5 * i)  # 0.5 mm/s: not yet
+    saved = windows_snapshot(engine)
+    assert rec.alarms() == []
+
+    rec2 = Recorder()
+    engine2 = rec2.engine(first, now=T0 + 40)
+    restore_windows(engine2, saved, T0 + 40)
+    feed(engine2, T0 + 41, 160)  # with the 30 readings kept: (160 - 100) / 41 s > 1 mm/s
+    assert rec2.states() == [("rising", "wl-01", "raised")]
+
+    rec3 = Recorder()
+    engine3 = rec3.engine(bound(rules.replace("> 1", "> 1.0")), now=T0 + 40)
+    restore_windows(engine3, saved, T0 + 40)
+    feed(engine3, T0 + 41, 160)
+    assert rec3.alarms() == [], "a changed rule starts with empty windows (one reading is no rate)"

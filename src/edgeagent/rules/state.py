@@ -1,17 +1,19 @@
-"""The engine's state across restarts: one small JSON file in the state folder.
+"""The engine's state across restarts: two small JSON files in the state folder.
 
-What is kept: every active alarm (with its acknowledgement), every pending ``for_s`` /
-``clear_for_s`` deadline as an absolute time, the next reminder, window contents, the
-value each written point returns to, and failed actions. So a condition pending for 40
-of its 60 s when the agent dies raises 20 s after the restart, not 60; an alarm active
-before is not raised again.
+``rules-state.json`` keeps every active alarm (with its acknowledgement), every pending
+``for_s`` / ``clear_for_s`` deadline as an absolute time, the next reminder, the value
+each written point returns to, and failed actions. So a condition pending for 40 of its
+60 s when the agent dies raises 20 s after the restart, not 60; an alarm active before
+is not raised again. ``rules-windows.json`` keeps the windows' contents.
 
-An SD card must not wear out, so the file is never written per reading: it is written
-(to a temporary file, fsync'd, renamed over the old one, the folder fsync'd) at once
-after an alarm transition, an acknowledgement or a new intent; within ``SOON_S`` after
-a deadline was set or cancelled; and every ``WINDOWS_S`` while only window contents
-changed. A rule whose definition changed while the agent was stopped keeps its active
-alarms but starts its timers and windows afresh (its ``key`` says so).
+An SD card must not wear out, so nothing is written per reading. Each file is replaced
+whole (a temporary file, fsync'd, renamed over the old one, the folder fsync'd), so a
+crash leaves the old one or the new one: the state at once after an alarm transition,
+an acknowledgement or a new intent, and within ``SOON_S`` after a deadline was set or
+cancelled (so at most one write per ``SOON_S`` however a noisy level makes a condition
+come and go); the windows at most once per ``WINDOWS_S``. A rule whose definition
+changed while the agent was stopped keeps its active alarms but starts its timers and
+windows afresh (its ``key`` says so).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from edgeagent.rules.model import CONDITION, STALE, Instance, Transition
 log = logging.getLogger(__name__)
 
 STATE_FILE = "rules-state.json"
+WINDOWS_FILE = "rules-windows.json"
 VERSION = 1
-SOON_S = 1.0
-WINDOWS_S = 15.0
+SOON_S = 5.0
+WINDOWS_S = 60.0
 
 
 def _num(x: object) -> float | None:
@@ -53,9 +56,6 @@ def snapshot(engine: Engine) -> dict[str, Any]:
                 entry["pending_clear"] = inst.pending_clear
             if inst.stale_active:
                 entry["stale"] = True
-            windows = {rt.bound.inputs[i]: w.dump() for i, w in enumerate(inst.windows) if w is not None and len(w)}
-            if windows:
-                entry["windows"] = windows
             if entry:
                 subjects[inst.subject] = entry
         rules[name] = {
@@ -78,6 +78,37 @@ def snapshot(engine: Engine) -> dict[str, Any]:
     }
     released = {f"{d}\n{p}": list(v) for (d, p), v in engine.arbiter.released.items()}
     return {"version": VERSION, "saved_ts": engine.now, "rules": rules, "extra": extra, "released": released}
+
+
+def windows_snapshot(engine: Engine) -> dict[str, Any]:
+    """Every window's samples: {"version", "keys": {rule: key}, "windows": {rule: {subject: {input: [[t, v]]}}}}."""
+    out: dict[str, Any] = {}
+    for name, rt in engine.runtimes.items():
+        for inst in rt.instances:
+            windows = {rt.bound.inputs[i]: w.dump() for i, w in enumerate(inst.windows) if w is not None and len(w)}
+            if windows:
+                out.setdefault(name, {})[inst.subject] = windows
+    keys = {name: rt.bound.key for name, rt in engine.runtimes.items() if name in out}
+    return {"version": VERSION, "keys": keys, "windows": out}
+
+
+def restore_windows(engine: Engine, data: object, now: float) -> None:
+    """Refill the windows of rules whose definition is unchanged; the rest start empty."""
+    if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("windows"), dict):
+        return
+    keys = data.get("keys") if isinstance(data.get("keys"), dict) else {}
+    for name, subjects in data["windows"].items():
+        rt = engine.runtimes.get(name)
+        if rt is None or keys.get(name) != rt.bound.key or not isinstance(subjects, dict):
+            continue
+        for inst in rt.instances:
+            saved = subjects.get(inst.subject)
+            if not isinstance(saved, dict):
+                continue
+            for slot, input_name in enumerate(rt.bound.inputs):
+                window = inst.windows[slot]
+                if window is not None and input_name in saved:
+                    window.load(saved[input_name], now)
 
 
 def restore(engine: Engine, data: object, now: float) -> int:
@@ -150,11 +181,6 @@ def _restore_instance(engine: Engine, inst: Instance, saved: dict[str, Any], sam
     if inst.alarm_state is not None and (deadline := _num(saved.get("pending_clear"))) is not None:
         inst.pending_clear = deadline
         engine._push(deadline, CLEAR, inst)
-    windows = saved.get("windows") if isinstance(saved.get("windows"), dict) else {}
-    for slot, name in enumerate(inst.rt.bound.inputs):
-        window = inst.windows[slot]
-        if window is not None and name in windows:
-            window.load(windows[name], now)
     return active
 
 
@@ -172,10 +198,10 @@ def _gone(
 
 
 class StateFile:
-    """The file itself: read once at start, replaced atomically on each save."""
+    """One of the files: read once at start, replaced atomically on each save."""
 
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / STATE_FILE
+    def __init__(self, folder: Path, name: str = STATE_FILE) -> None:
+        self.path = folder / name
         self.writes = 0
 
     def load(self) -> object:

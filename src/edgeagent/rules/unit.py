@@ -28,7 +28,16 @@ from edgeagent.rules.actions import Writer
 from edgeagent.rules.bind import BoundRule, bind_rules
 from edgeagent.rules.engine import SOON, URGENT, WINDOWS, Engine
 from edgeagent.rules.model import Event, Intent, Transition
-from edgeagent.rules.state import SOON_S, WINDOWS_S, StateFile, restore, snapshot
+from edgeagent.rules.state import (
+    SOON_S,
+    WINDOWS_FILE,
+    WINDOWS_S,
+    StateFile,
+    restore,
+    restore_windows,
+    snapshot,
+    windows_snapshot,
+)
 
 if TYPE_CHECKING:
     from edgeagent.config import SiteConfig
@@ -36,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_SLEEP_S = 1.0  # the task checks in at least this often
+SAVE_RETRY_S = 10.0  # after a failed save (a full or read-only disk), the next try
 ACTIVE_STATES = ("raised", "acknowledged", "reminder")
 
 
@@ -66,12 +76,15 @@ class RulesUnit:
         self._clock = clock
         self._beat = beat or (lambda: None)
         self._file = StateFile(state_dir)
+        self._windows_file = StateFile(state_dir, WINDOWS_FILE)
         self.writer = Writer(write, self._action_result)
         self._out: list[Transition | Intent | Event] = []
         self._wake = asyncio.Event()
         self._unsubscribe: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
-        self._last_save = 0.0
+        self._saved_at = {URGENT: 0.0, WINDOWS: 0.0}  # monotonic time of the last save of each file
+        self._save_error: str | None = None
+        self._retry_at = 0.0
         self.engine: Engine | None = None
 
     @property
@@ -87,6 +100,7 @@ class RulesUnit:
         )
         saved = self._file.load()
         active = restore(engine, saved, now)
+        restore_windows(engine, self._windows_file.load(), now)
         self.engine = engine
         if saved is not None:
             log.info("rules: state restored from %s (%d alarms active)", self._file.path, active)
@@ -111,7 +125,8 @@ class RulesUnit:
             self._task = None
         await self.writer.close()
         if self.engine is not None:
-            await self._save()
+            await self._save(URGENT)
+            await self._save(WINDOWS)
 
     async def update(self, site: SiteConfig) -> list[str]:
         """A reload: take the new rules; only changed ones restart. Returns their names."""
@@ -206,35 +221,48 @@ class RulesUnit:
             engine.advance(now)
             if self._out:
                 self._flush()
-            await self._maybe_save(now)
+            await self._maybe_save()
             deadline = engine.next_deadline()
             sleep = MAX_SLEEP_S if deadline is None else min(MAX_SLEEP_S, max(0.0, deadline - self._clock()))
-            if engine.dirty & (SOON | WINDOWS):
-                sleep = min(sleep, SOON_S)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(sleep):
                     await self._wake.wait()
 
-    async def _maybe_save(self, now: float) -> None:
+    async def _maybe_save(self) -> None:
         engine = self.engine
         assert engine is not None
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
         dirty = engine.dirty
-        since = time.monotonic() - self._last_save
-        if dirty & URGENT or (dirty & SOON and since >= SOON_S) or (dirty & WINDOWS and since >= WINDOWS_S):
-            await self._save()
+        if dirty & URGENT or (dirty & SOON and now - self._saved_at[URGENT] >= SOON_S):
+            await self._save(URGENT)
+        if dirty & WINDOWS and now - self._saved_at[WINDOWS] >= WINDOWS_S:
+            await self._save(WINDOWS)
 
-    async def _save(self) -> None:
+    async def _save(self, which: int) -> None:
+        """Write the state file (``URGENT``) or the windows file (``WINDOWS``) in a worker thread."""
         engine = self.engine
         assert engine is not None
-        data = snapshot(engine)
-        engine.dirty = 0
-        self._last_save = time.monotonic()
+        if which == URGENT:
+            data, file, flags = snapshot(engine), self._file, URGENT | SOON
+        else:
+            data, file, flags = windows_snapshot(engine), self._windows_file, WINDOWS
+        engine.dirty &= ~flags
+        self._saved_at[which] = time.monotonic()
         try:
-            await asyncio.to_thread(self._file.save, data)
+            await asyncio.to_thread(file.save, data)
         except OSError as exc:
-            engine.dirty |= URGENT
-            log.error("rules: cannot save state to %s: %s", self._file.path, exc)
+            engine.dirty |= flags
+            self._retry_at = time.monotonic() + SAVE_RETRY_S
+            if str(exc) != self._save_error:
+                log.error("rules: cannot save %s (%s); trying again every %.0f s", file.path, exc, SAVE_RETRY_S)
+            self._save_error = str(exc)
+        else:
+            if self._save_error is not None:
+                log.info("rules: %s saved again", file.path)
+            self._save_error = None
 
     # -- status --------------------------------------------------------------------------------------
 
@@ -244,4 +272,5 @@ class RulesUnit:
             "rules": engine.rule_status() if engine is not None else [],
             "writes": self.writer.pending(),
             "state_file_writes": self._file.writes,
+            "windows_file_writes": self._windows_file.writes,
         }

@@ -10,6 +10,7 @@ arrays read from ``_start``; the dead front is cut off once it is half of the ar
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 from itertools import islice
 
 MAX_SAMPLES = 4096
@@ -52,16 +53,10 @@ class SampleWindow:
         self._start = start
 
     def _recent(self, now: float, seconds: float) -> tuple[int, int]:
-        """The index range [first, last) of samples in (now - seconds, now]."""
+        """The index range [first, last) of samples in (now - seconds, now]: two binary searches."""
         tss = self._ts
-        cutoff = now - seconds
-        last = len(tss)
-        while last > self._start and tss[last - 1] > now:
-            last -= 1
-        first = last
-        while first > self._start and tss[first - 1] > cutoff:
-            first -= 1
-        return first, last
+        last = bisect_right(tss, now, self._start)
+        return bisect_right(tss, now - seconds, self._start, last), last
 
     def avg(self, now: float, seconds: float) -> float | None:
         first, last = self._recent(now, seconds)
