@@ -205,7 +205,9 @@ class RulesUnit:
             elif isinstance(item, Intent):
                 self.writer.want(item)
             else:
-                reading = Reading(item.subject, item.name, item.ts, item.state, "", priority=Priority.EVENT)
+                reading = Reading(
+                    item.subject, item.name, item.ts, item.state, "", priority=Priority.EVENT, reason=item.message
+                )
                 self._hub.readings(item.subject, [reading])
         if alarms:
             self._hub.publish(Topic.ALARM, alarms)
