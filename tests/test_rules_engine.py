@@ -118,7 +118,16 @@ def test_a_deadline_passed_while_unknown_is_decided_by_the_next_known_reading() 
     feed(engine, T0, 200)
     for i in range(1, 40):
         feed(engine, T0 + i, None, good=False)  # the deadline (T0 + 30) passes while unknown
-    assert rec.alarms() == []
+    assert rec.alarms() == [], "unknown raises nothing"
+    feed(engine, T0 + 40, 200, device="wl-02")
+    feed(engine, T0 + 40, 200)  # known and still true: raised now, the unknown stretch cancelled nothing
+    assert rec.alarms() == [(T0 + 40, "underpass-flooded", "wl-01", "raised")]
+
+    rec = Recorder()
+    engine = rec.engine(bound(FLOOD))
+    feed(engine, T0, 200)
+    for i in range(1, 40):
+        feed(engine, T0 + i, None, good=False)
     feed(engine, T0 + 40, 90)  # known and false: the pending raise is cancelled
     for i in range(41, 71):
         feed(engine, T0 + i, 200)

@@ -232,9 +232,20 @@ async def test_a_refused_write_raises_action_failed_and_a_rebooted_sign_gets_its
         sims.sign.silent = False
         await wait_until(lambda: sims.sign.closure == 1 and confirmed(), 10, "re-asserted after the reconnect")
         assert sims.sign.reboots == 2
+        # A sign that acknowledges the write but does not switch: the read-back tells.
+        sims.sign.stuck = True
+        sims.wl1.fixed_level_mm = 20.0
+        await wait_until(lambda: book_states(agent).get(failed) == "raised", 10, "action_failed again")
+        alarm = agent.live.alarms.find(failed)
+        assert alarm is not None and alarm.message == "sign-01/closure: wrote 0, read back 1", alarm.message
+        sims.sign.stuck = False
+        await wait_until(lambda: sims.sign.closure == 0, 10, "switched off on the retry")
+        await wait_until(lambda: book_states(agent).get(failed) == "cleared", 10, "cleared again")
+        await wait_until(lambda: len(alarm_records(sims.ingest, failed)) == 4, 10, "all upstream")
     records = alarm_records(sims.ingest, "sign-01/action_failed:closure")
-    assert [r["vs"] for r in records] == ["raised", "cleared"]
+    assert [r["vs"] for r in records] == ["raised", "cleared", "raised", "cleared"]
     assert records[0]["reason"].startswith("major: sign-01/closure: writing 1 failed")
+    assert records[2]["reason"] == "major: sign-01/closure: wrote 0, read back 1"
 
 
 PRIORITIES = """

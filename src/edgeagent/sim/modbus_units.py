@@ -217,8 +217,9 @@ class SignControllerUnit(SimUnit):
     """A roadside sign controller: coil 0 closure panel, holding 0 speed limit (km/h), discrete 0 fault.
 
     ``refuse_writes`` (a Modbus exception code) answers every write with that exception,
-    as a controller in a fault state does; ``reboot()`` brings it back blank (panel off,
-    no limit), as after a power dip. ``changes`` records each value a write changed, with
+    as a controller in a fault state does; ``stuck`` acknowledges writes and keeps its
+    values (a welded relay, a controller switched to local control); ``reboot()`` brings
+    it back blank (panel off, no limit), as after a power dip. ``changes`` records each value a write changed, with
     the time, so a test can see the sign light up and go dark.
     """
 
@@ -229,6 +230,7 @@ class SignControllerUnit(SimUnit):
     def __init__(self) -> None:
         super().__init__(holding=1, coils=1, discrete=1, writable=[("coil", 0), ("holding", 0)])
         self.refuse_writes: int | None = None
+        self.stuck = False
         self.changes: list[tuple[float, str, int]] = []  # (monotonic time, "closure" | "speed_limit", value)
         self.reboots = 0
 
@@ -248,6 +250,10 @@ class SignControllerUnit(SimUnit):
 
     def write(self, table: str, address: int, values: list[int]) -> None:
         before = (self.closure, self.speed_limit)
+        if self.stuck:
+            for i, value in enumerate(values):
+                self.check_write(table, address + i, value)
+            return
         super().write(table, address, values)
         now = time.monotonic()
         if self.closure != before[0]:
