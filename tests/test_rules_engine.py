@@ -312,3 +312,36 @@ when = "rate(depth, 60) > 1"
     restore_windows(engine3, saved, T0 + 40)
     feed(engine3, T0 + 41, 160)
     assert rec3.alarms() == [], "a changed rule starts with empty windows (one reading is no rate)"
+
+
+def test_actions_send_events_and_raise_and_clear_another_alarm() -> None:
+    rules = """
+[[rules]]
+name = "flooded"
+subjects = { devices = ["wl-01"] }
+inputs = { depth = "water_level" }
+when = "depth > 150"
+severity = "critical"
+actions = [ { on = "raise", raise_alarm = "underpass-closed" }, { on = "raise", event = "closing" } ]
+
+[[rules]]
+name = "drained"
+subjects = { devices = ["wl-01"] }
+inputs = { depth = "water_level" }
+when = "depth < 20"
+alarm = false
+actions = [ { on = "raise", clear_alarm = "underpass-closed" } ]
+"""
+    rec = Recorder()
+    engine = rec.engine(bound(rules))
+    feed(engine, T0, 200)
+    feed(engine, T0 + 1, 100)
+    feed(engine, T0 + 2, 10)
+    raised_by = [(t.ts, t.subject, t.kind, t.state, t.severity) for t in rec.out if getattr(t, "what", "") == "alarm"]
+    assert raised_by == [
+        (T0, "wl-01", "underpass-closed", "raised", "critical"),
+        (T0 + 2, "wl-01", "underpass-closed", "cleared", "critical"),
+    ]
+    events = [(e.ts, e.subject, e.name, e.state) for e in rec.out if type(e).__name__ == "Event"]
+    assert events == [(T0, "wl-01", "closing", "raise")]
+    assert engine.owns("wl-01", "flooded") and not engine.owns("wl-01", "nothing")

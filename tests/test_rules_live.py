@@ -19,6 +19,7 @@ import pytest
 
 from edgeagent.hub import ReadingsBatch, Topic
 from edgeagent.model import Quality
+from edgeagent.rules.actions import WRITE_MIN_INTERVAL_S
 from edgeagent.sim.water_level import WaterLevelSimulator
 from tests.helpers import wait_until
 from tests.rulesite import alarm_records, book_states, rules_of, running_agent, simulators, site_data, to_toml
@@ -287,6 +288,8 @@ async def test_the_higher_priority_rule_holds_the_point_whatever_the_order_of_fi
             assert sign.speed_limit == 40
             shown = [v for _, p, v in sign.changes if p == "speed_limit"]
             assert shown == ([80, 40] if first == "fog" else [40]), shown
+            if first == "fog":  # two writes to one device: at least the write interval apart
+                assert sign.changes[1][0] - sign.changes[0][0] >= WRITE_MIN_INTERVAL_S - 0.01
             sims.vis.fixed_visibility_m, sims.wl1.fixed_level_mm = 10_000.0, 0.0
             await wait_until(lambda: sign.speed_limit == 0, 10, "both cleared: the clear value")
 
