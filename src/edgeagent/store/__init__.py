@@ -57,10 +57,12 @@ from edgeagent.clock import PLAUSIBLE_FROM, boot_clock
 from edgeagent.errors import StoreCorrupt, StoreError
 from edgeagent.model import Priority, Reading, StoredReading
 from edgeagent.store.codec import decode_value, encode_value
+from edgeagent.store.commits import _Commits
 from edgeagent.store.core import RESERVE_SEQS, _Core, _translate
 from edgeagent.store.damage import Damage, move_aside
 from edgeagent.store.journal import Journal
 from edgeagent.store.schema import BLOCKS, TABLES
+from edgeagent.store.sending import _Sending
 from edgeagent.store.side import BenchWriter, Counters, Salvage, stats_of
 from edgeagent.store.types import DEFAULT_BUDGETS, Batch, Budget, DestinationFilter, StoreStats
 
@@ -73,8 +75,6 @@ CLOSE_WAIT_S = 5.0
 # Below this much free space the WAL is checkpointed and truncated at once.
 LOW_SPACE_BYTES = 16 * 1024 * 1024
 SPACE_CHECK_EVERY_S = 5.0
-# The tail is started afresh (holding only what memory holds) once it is this large.
-TAIL_ROTATE_BYTES = 1 << 20
 
 __all__ = [
     "BLOCKS",
@@ -92,7 +92,7 @@ __all__ = [
 ]
 
 
-class Store:
+class Store(_Commits, _Sending):
     """The asyncio face of the buffer: ``append`` is cheap; readings are sendable at once."""
 
     def __init__(
@@ -252,7 +252,7 @@ class Store:
     def _pending(self) -> list[Reading | StoredReading]:
         """Readings not in the file: waiting for a number, or numbered and in the tail only."""
         j = self._journal
-        return [*sorted((r for rs in j.mem.values() for r in rs), key=lambda r: r.seq), *j.unnumbered]
+        return [*j.everything(), *j.unnumbered]
 
     def append(self, reading: Reading) -> None:
         """Queue a reading; it is numbered (and sendable) when this step of the loop ends. Never raises."""
@@ -286,23 +286,26 @@ class Store:
         j = self._journal
         if self._corrupt is not None or self._hang or self._executor is None:
             return
-        readings = j.journal(self._core.budgets, self.max_pending_readings)
-        if readings:
-            self._made_durable(readings)
-            if any(r.priority == Priority.ALARM for r in readings):
-                self._wake.set()  # an alarm is written through to the card at once
-        if j.unnumbered or j.core.reserved_upto - j.counter < RESERVE_SEQS // 2:
-            self._wake.set()
+        taken = j.journal(self._core.budgets, self.max_pending_readings)
+        if taken is not None:
+            self._made_durable(taken.readings)
+        if taken is not None and j.core.reserved_upto - j.counter < RESERVE_SEQS // 2:
+            self._wake.set()  # reserve more numbers before these run out
 
-    def _made_durable(self, readings: list[StoredReading]) -> None:
+    def _made_durable(self, readings: list[Reading]) -> None:
+        """Readings have their numbers and will survive a crash: they count, and may be sent."""
         self._counters.committed_total += len(readings)
-        unsent = self._core.unsent
+        per_class = dict.fromkeys(BLOCKS, 0)
         for r in readings:
-            for dest, filt in self.filters.items():
-                if r.priority in filt.classes:
-                    unsent[(dest, r.priority)] += 1
+            per_class[r.priority] += 1
+        unsent = self._core.unsent
+        for dest, filt in self.filters.items():
+            for prio in filt.classes:
+                unsent[(dest, prio)] += per_class[prio]
         for event in self._listeners:
             event.set()
+        if per_class[Priority.ALARM]:
+            self._wake.set()  # an alarm is written through to the card at once
 
     def subscribe(self) -> asyncio.Event:
         """An event set whenever readings become sendable, so a sync worker wakes without polling."""
@@ -424,183 +427,6 @@ class Store:
             return
         if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
             await self._run(self._core.checkpoint)
-
-    async def flush(self) -> None:
-        """Commit everything not yet delivered to every destination, now."""
-        await self._commit(everything=True)
-
-    async def _commit(self, *, everything: bool) -> None:
-        """Write what is due: readings a destination still lacks a commit interval after they
-        were numbered (all of them with ``everything``), alarms at once, and readings the tail
-        could not take; then keep the reservation ahead and the tail short."""
-        try:
-            await self._commit_due(everything)
-        except StoreError as exc:
-            if self._counters.last_error != str(exc):
-                log.error("%s; readings stay in memory and are retried", exc)
-            self._counters.last_error = str(exc)
-            raise
-
-    async def _commit_due(self, everything: bool) -> None:
-        async with self._commit_lock:
-            j, core = self._journal, self._core
-            self._journal_now()
-            now = time.monotonic()
-            self._marks.append((now, j.counter))
-            upto = j.counter if everything else 0
-            while self._marks and self._marks[0][0] <= now - self.commit_interval_s:
-                upto = max(upto, self._marks.popleft()[1])
-            floors = {p: core._ack_floor(p) for p in BLOCKS}
-            due = j.due(upto, floors)
-            due += [r for r in j.mem[Priority.ALARM] if r.seq > max(upto, floors[Priority.ALARM])]
-            due.sort(key=lambda r: r.seq)
-            if due:
-                await self._write(due)
-            j.forget(upto, floors, due)
-            while j.unnumbered and (j.tail.broken or everything):
-                numbered = j.take(core.budgets, self.commit_max_readings)
-                if numbered is None:  # the reservation is used up: extend it first
-                    await self._write([], reserve=j.counter + RESERVE_SEQS)
-                    continue
-                try:
-                    await self._write(numbered.readings)
-                except BaseException:
-                    j.undo(numbered)
-                    raise
-                j.keep(numbered, in_memory=False)
-                self._made_durable(numbered.readings)
-            if core.reserved_upto - j.counter < RESERVE_SEQS // 2:
-                await self._write([], reserve=j.counter + RESERVE_SEQS)
-            if j.tail.broken or j.tail.size > TAIL_ROTATE_BYTES:
-                if j.start_tail() and self._cursors_dirty:
-                    self._cursors_dirty = False
-            else:
-                j.note_acks()
-            if j.unnumbered:
-                self._journal_now()
-
-    async def _write(self, readings: list[StoredReading], *, reserve: int | None = None) -> None:
-        """One transaction: readings, what they need that the file lacks, drop counts, cursors."""
-        j, core = self._journal, self._core
-        series = [s for s in j.new_series if s[0] > core.series_saved]
-        boots, drops = list(j.new_boots), dict(j.drops)
-        if reserve is None and readings and core.reserved_upto - readings[-1].seq < RESERVE_SEQS // 2:
-            reserve = max(j.counter, readings[-1].seq) + RESERVE_SEQS
-        cursors = self._cursor_items() if self._cursors_dirty else []
-        freed = await self._run(
-            core.commit,
-            readings,
-            series=series,
-            boots=boots,
-            drops=drops,
-            reserve=reserve,
-            cursors=cursors,
-            per_block=self.commit_max_readings,
-        )
-        j.new_series = [s for s in j.new_series if s[0] > core.series_saved]
-        del j.new_boots[: len(boots)]
-        for key, n in drops.items():
-            j.drops[key] -= n
-            if not j.drops[key]:
-                del j.drops[key]
-        if cursors:
-            self._cursors_dirty = False
-        if self._counters.last_error is not None:
-            log.info("store writes work again")
-            self._counters.last_error = None
-        for prio, f in freed.items():
-            self._forget_unsent(prio, f.dropped)
-        j.committed_top = dict(core.top)
-
-    def _forget_unsent(self, prio: Priority, dropped: list[int]) -> None:
-        import bisect
-
-        for dest, filt in self.filters.items():
-            if prio in filt.classes:
-                cursor = self._core.cursors[(dest, prio)]
-                gone = len(dropped) - bisect.bisect_right(dropped, cursor)
-                self._core.unsent[(dest, prio)] = max(0, self._core.unsent[(dest, prio)] - gone)
-
-    def _cursor_items(self) -> list[tuple[str, Priority, int]]:
-        return [(d, p, s) for (d, p), s in self._core.cursors.items()]
-
-    async def retime(self) -> int:
-        """Turn this boot's boot-relative times into wall times, now that the clock is set."""
-        async with self._commit_lock:
-            offset = time.time() - boot_clock()
-            j = self._journal
-            j.retime(offset)
-            n = 0
-            if self._core.this_boot_from is not None:
-                n = int(await self._run(self._core.retime, offset, self._core.this_boot_from))
-            j.start_tail()  # so the tail no longer holds them timed from the boot
-            self._needs_retime = False
-        if n:
-            log.warning("the wall clock is set: %d readings of this boot timed from boot now carry wall times", n)
-        return n
-
-    # -- sending ---------------------------------------------------------------------
-
-    def still_whole(self, batch: Batch) -> bool:
-        """False when a budget policy has since deleted readings this batch reaches back to."""
-        if batch.buffer_id != self._core.buffer_id:
-            return True  # a salvage buffer: no policy deletes from it
-        return batch.first_seq > self._core.dropped_upto[batch.priority]
-
-    async def next_batch(self, destination: str, limit: int) -> Batch | None:
-        """Salvaged readings first (they are the oldest), then this buffer's: alarms, events,
-        telemetry, each from the file while the destination is behind it, then from memory."""
-        if self._salvage.cores:
-            batch = await self._salvage.next_batch(destination, limit)
-            if batch is not None:
-                return batch
-        filt = self.filters[destination]
-        for prio in BLOCKS:
-            if prio not in filt.classes:
-                continue
-            while True:
-                core, j = self._core, self._journal
-                cursor = core.cursors[(destination, prio)]
-                top = j.committed_top[prio]
-                if cursor < top:
-                    batch = await self._run(core.read_class, destination, prio, limit, cursor)
-                    if batch is not None:
-                        return batch
-                    if j.committed_top[prio] != top or core is not self._core:
-                        continue  # written to meanwhile: look again
-                batch = j.batch(destination, prio, cursor, limit, filt)
-                if batch is not None:
-                    return batch
-                break
-        return None
-
-    async def ack(self, batch: Batch) -> None:
-        """Move the destination's cursor. Never raises: cursors are written later."""
-        if batch.buffer_id != self._core.buffer_id:
-            await self._salvage.ack(batch)
-            return
-        key = (batch.destination, batch.priority)
-        core = self._core
-        if batch.scanned_to <= core.cursors[key]:
-            return
-        core.cursors[key] = batch.scanned_to
-        core.unsent[key] = max(0, core.unsent[key] - len(batch.readings))
-        self._cursors_dirty = True
-        self._acked_since_prune = True
-
-    async def prune(self) -> int:
-        """Delete from the file what every destination has; write the counter and cursors."""
-        async with self._commit_lock:
-            n = int(await self._run(self._core.prune, self._journal.counter, self._cursor_items()))
-            self._cursors_dirty = False
-            self._journal.committed_top = dict(self._core.top)
-            return n
-
-    async def all_readings(self) -> list[StoredReading]:
-        """Every reading not yet delivered everywhere (in the file, or in the tail and memory)."""
-        stored = await self._run(self._core.all_readings)
-        mem = [r for rs in self._journal.mem.values() for r in rs]
-        return sorted({r.seq: r for r in [*stored, *mem]}.values(), key=lambda r: r.seq)
 
     async def stats(self) -> StoreStats:
         """What the page shows; a file that cannot be read shows as an error, never fails the page."""

@@ -25,8 +25,9 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from edgeagent.model import Priority, Quality, StoredReading
+from edgeagent.model import Priority, Quality, Reading, StoredReading
 from edgeagent.store.codec import (
+    _EXACT_INT_LIMIT,
     BOOT_TIME_FLAG,
     DECIMAL_MASK,
     DECIMAL_SHIFT,
@@ -43,6 +44,10 @@ _COL = struct.Struct("<cI")
 # The signed array types, narrowest first, with the bound each holds (-bound <= v < bound).
 _SIGNED = [(code, 1 << (8 * array(code).itemsize - 1)) for code in "bhiq"]
 _QUALITIES = list(Quality)
+
+
+Names = Mapping[int, tuple[str, str, str]]  # series id -> (device, point, unit)
+Series = Mapping[tuple[str, str, str], int]  # (device, point, unit) -> series id
 
 
 class BlockError(ValueError):
@@ -87,8 +92,18 @@ def _read_column(data: bytes | memoryview, pos: int, count: int) -> tuple[list[i
     return out.tolist(), pos + size
 
 
-def encode_segment(readings: Sequence[StoredReading], sid_of: Callable[[StoredReading], int]) -> bytes:
-    """The segment of readings (in sequence order); ``sid_of`` gives a reading's series id."""
+def encode_segment(readings: Sequence[StoredReading], series: Series) -> bytes:
+    """The segment of readings (in sequence order); ``series``: (device, point, unit) -> id."""
+    return encode_rows(((r.seq, r, r.boot is not None) for r in readings), series)  # type: ignore[arg-type]
+
+
+def encode_rows(rows: Iterable[tuple[int, Reading, bool]], series: Series) -> bytes:
+    """The segment of (seq, reading, whether its time is boot-relative) rows, in sequence order.
+
+    A ``Reading`` or a ``StoredReading`` will do: only the fields they share are read.
+    This runs for every reading the agent takes, so the common case is written out here:
+    a float that is exact with as many decimals as the reading before it.
+    """
     seqs: list[int] = []
     times: list[int] = []
     sids: list[int] = []
@@ -99,23 +114,38 @@ def encode_segment(readings: Sequence[StoredReading], sid_of: Callable[[StoredRe
     text_lens: list[int] = []
     texts: list[bytes] = []
     last_seq = last_ts = 0
-    for r in readings:
-        seqs.append(r.seq - last_seq)
-        last_seq = r.seq
+    hints: dict[int, int] = {}  # series id -> the decimals its last value took
+    for seq, r, booted in rows:
+        seqs.append(seq - last_seq)
+        last_seq = seq
         ts_ms = round(r.ts * 1000)
         times.append(ts_ms - last_ts)
         last_ts = ts_ms
-        sids.append(sid_of(r))
-        stored, f = encode_value(r.value, r.reason)
+        sid = series[(r.device, r.point, r.unit)]
+        sids.append(sid)
+        value = r.value
+        stored: int | float | str | None
+        if type(value) is float and value - value == 0.0:  # finite
+            decimals = hints.get(sid, 0)
+            scale = POW10[decimals]
+            stored = round(value * scale)
+            if stored / scale == value and -_EXACT_INT_LIMIT < stored < _EXACT_INT_LIMIT:
+                f = decimals << DECIMAL_SHIFT
+            else:
+                stored, f = encode_value(value)
+                if type(stored) is int:
+                    hints[sid] = (f >> DECIMAL_SHIFT) & DECIMAL_MASK
+        else:
+            stored, f = encode_value(value, r.reason)
         f |= r.quality
-        if r.boot is not None:
+        if booted:
             f |= BOOT_TIME_FLAG
         flags.append(f)
-        if stored is None:
-            kinds.append(KIND_NONE)
-        elif type(stored) is int:
+        if type(stored) is int:
             kinds.append(KIND_INT)
             ints.append(stored)
+        elif stored is None:
+            kinds.append(KIND_NONE)
         elif type(stored) is float:
             kinds.append(KIND_FLOAT)
             floats.append(stored)
@@ -138,9 +168,6 @@ def encode_segment(readings: Sequence[StoredReading], sid_of: Callable[[StoredRe
         *texts,
     ]
     return b"".join(parts)
-
-
-Names = Mapping[int, tuple[str, str, str]]
 
 
 def decode_segment(

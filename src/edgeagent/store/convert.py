@@ -26,7 +26,7 @@ def rows_to_blocks(conn: sqlite3.Connection, prio: Priority, table: str, target:
     total = 0
     while chunk := rows.fetchmany(per_block):
         readings = [convert_row(prio, names, *row) for row in chunk]
-        blob = blocks.compress([blocks.encode_segment(readings, lambda r: sids[(r.device, r.point, r.unit)])])
+        blob = blocks.compress([blocks.encode_segment(readings, sids)])
         conn.execute(
             f"INSERT INTO {target}(first_seq, last_seq, count, boot_timed, data) VALUES (?, ?, ?, ?, ?)",
             (readings[0].seq, readings[-1].seq, len(readings), sum(r.boot is not None for r in readings), blob),

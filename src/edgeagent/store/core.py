@@ -12,20 +12,19 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from operator import attrgetter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edgeagent.clock import boot_id
-from edgeagent.errors import StoreCorrupt, StoreError, StoreFull
+from edgeagent.errors import StoreError
 from edgeagent.model import Priority, StoredReading
 from edgeagent.store import blocks
+from edgeagent.store.blockio import CursorItems, _Blocks, _translate
 from edgeagent.store.budget import Freed, make_room
 from edgeagent.store.damage import Damage, DamageFound, inspect_before_open, move_aside, settle_asides
 from edgeagent.store.replay import take_tail
 from edgeagent.store.schema import BLOCKS, create_file, ensure_dir, migrate
-from edgeagent.store.tail import tail_path
-from edgeagent.store.types import DEFAULT_BUDGETS, Batch, Budget, DestinationFilter
+from edgeagent.store.types import DEFAULT_BUDGETS, Budget, DestinationFilter
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +33,9 @@ PAGE_BYTES = 4096
 # Sequence numbers reserved durably (fsync'd) ahead of use: after a power cut, which can
 # take the last seconds of the tail with it, numbering goes on above them, never reusing one.
 RESERVE_SEQS = 100_000
-_SEQ = attrgetter("seq")
-CursorItems = Sequence[tuple[str, Priority, int]]
 
 
-class _Core:
+class _Core(_Blocks):
     """The synchronous store; every method runs on the store's single thread.
 
     For the buffer in use, the event loop owns ``cursors``, ``unsent`` and the series it
@@ -229,97 +226,6 @@ class _Core:
     def _set_meta(self, key: str, value: int) -> None:
         self._conn().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    # -- blocks --------------------------------------------------------------------
-
-    def sid_of(self, r: StoredReading) -> int:
-        return self.series[(r.device, r.point, r.unit)]
-
-    def _boot_of(self, seq: int) -> str:
-        i = bisect.bisect_right(self.boots, (seq, "\uffff")) - 1
-        return self.boots[i][1] if i >= 0 else "unknown"
-
-    def _decoded(self, prio: Priority, first: int, data: bytes | None = None) -> list[StoredReading]:
-        cached = self._cache.get(prio)
-        if cached is not None and cached[0] == first:
-            return cached[1]
-        if data is None:
-            row = self._conn().execute(f"SELECT data FROM {BLOCKS[prio]} WHERE first_seq = ?", (first,)).fetchone()
-            data = row[0] if row else b""
-        try:
-            readings = blocks.decode_block(data, prio, self.series_by_id, self._boot_of)
-        except blocks.BlockError as exc:
-            raise StoreCorrupt(f"the buffer is damaged: block {first} of {prio.name.lower()}: {exc}") from exc
-        self._cache[prio] = (first, readings)
-        return readings
-
-    def _decode_blocks(self, prio: Priority, firsts: Iterable[int]) -> list[StoredReading]:
-        out: list[StoredReading] = []
-        for first in firsts:
-            out.extend(self._decoded(prio, first))
-        return out
-
-    def _delete_blocks(self, prio: Priority, firsts: Sequence[int]) -> None:
-        if not firsts:
-            return
-        self._cache.pop(prio, None)
-        table = BLOCKS[prio]
-        conn = self._conn()
-        for first in firsts:
-            count, size = conn.execute(
-                f"DELETE FROM {table} WHERE first_seq = ? RETURNING count, length(data)", (first,)
-            ).fetchone()
-            self.rows[prio] -= count
-            self.bytes[prio] -= blocks.block_cost(size)
-
-    def _insert_block(self, prio: Priority, readings: Sequence[StoredReading], blob: bytes | None = None) -> int:
-        """Write one block of a class's readings (in sequence order); return its budget bytes."""
-        if blob is None:
-            blob = blocks.compress([blocks.encode_segment(readings, self.sid_of)])
-        boot_timed = sum(1 for r in readings if r.boot is not None)
-        self._conn().execute(
-            f"INSERT INTO {BLOCKS[prio]}(first_seq, last_seq, count, boot_timed, data) VALUES (?, ?, ?, ?, ?)",
-            (readings[0].seq, readings[-1].seq, len(readings), boot_timed, blob),
-        )
-        cost = blocks.block_cost(len(blob))
-        self.rows[prio] += len(readings)
-        self.bytes[prio] += cost
-        self.top[prio] = max(self.top[prio], readings[-1].seq)
-        self._cache.pop(prio, None)
-        return cost
-
-    def _after(self, prio: Priority, cursor: int, limit: int) -> list[StoredReading]:
-        """Up to ``limit`` readings of a class numbered above ``cursor``, in order."""
-        table = BLOCKS[prio]
-        spans = self._conn().execute(
-            f"SELECT first_seq, last_seq FROM {table} WHERE first_seq >= "
-            f"coalesce((SELECT max(first_seq) FROM {table} WHERE first_seq <= ?), 0) ORDER BY first_seq",
-            (cursor,),
-        )
-        out: list[StoredReading] = []
-        for first, last in spans:
-            if last <= cursor:
-                continue
-            readings = self._decoded(prio, first)
-            start = bisect.bisect_right(readings, cursor, key=_SEQ)
-            out.extend(readings[start : start + limit - len(out)])
-            if len(out) >= limit:
-                break
-        spans.close()
-        return out
-
-    def _count_after(self, prio: Priority, cursor: int) -> int:
-        conn = self._conn()
-        table = BLOCKS[prio]
-        whole = conn.execute(f"SELECT coalesce(sum(count), 0) FROM {table} WHERE first_seq > ?", (cursor,)).fetchone()
-        part = conn.execute(
-            f"SELECT first_seq, last_seq FROM {table} WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (cursor,)
-        ).fetchone()
-        n = int(whole[0])
-        if part is not None and part[1] > cursor:
-            readings = self._decoded(prio, part[0])
-            n += len(readings) - bisect.bisect_right(readings, cursor, key=_SEQ)
-        return n
-
     # -- writing -------------------------------------------------------------------
 
     def commit(
@@ -349,7 +255,7 @@ class _Core:
         for r in readings:
             by_class.setdefault(r.priority, []).append(r)
         parts = [(p, rs[i : i + per_block]) for p, rs in by_class.items() for i in range(0, len(rs), per_block)]
-        blobs = [(p, part, blocks.compress([blocks.encode_segment(part, self.sid_of)])) for p, part in parts]
+        blobs = [(p, part, blocks.compress([blocks.encode_segment(part, self.series)])) for p, part in parts]
         full = full or Priority.ALARM in by_class or reserve is not None
         freed: dict[Priority, Freed] = {}
         counts = dict(drops or {})
@@ -447,28 +353,6 @@ class _Core:
             return self.last_seq if self.filters else 0
         return min(cursors)
 
-    # -- reading for sync ----------------------------------------------------------
-
-    def read_batch(self, destination: str, limit: int) -> Batch | None:
-        """The next batch of a salvage buffer: alarms first, then events, then telemetry."""
-        for prio in BLOCKS:
-            if prio in self.filters[destination].classes:
-                batch = self.read_class(destination, prio, limit)
-                if batch is not None:
-                    return batch
-        return None
-
-    def read_class(self, destination: str, prio: Priority, limit: int, cursor: int | None = None) -> Batch | None:
-        """The next batch of one class from the blocks, above the destination's cursor."""
-        filt = self.filters[destination]
-        cursor = self.cursors[(destination, prio)] if cursor is None else cursor
-        if cursor >= self.top[prio]:
-            return None
-        readings = self._after(prio, cursor, limit)
-        if not readings:
-            return None
-        return make_batch(destination, prio, readings, filt, self.buffer_id)
-
     def ack(self, destination: str, priority: Priority, scanned_to: int, count: int) -> bool:
         """Advance a salvage buffer's cursor; False if it could not be written (it is kept)."""
         key = (destination, priority)
@@ -487,115 +371,6 @@ class _Core:
             return False
         self.unsaved_cursors.clear()
         return True
-
-    def retime(self, offset_s: float, boot_from: int) -> int:
-        """Give this boot's boot-relative readings in blocks their wall time (the clock is set)."""
-        from dataclasses import replace
-
-        conn = self._conn()
-        offset_ms = round(offset_s * 1000)
-        n = 0
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for prio, table in BLOCKS.items():
-                timed = conn.execute(
-                    f"SELECT first_seq FROM {table} WHERE boot_timed > 0 AND last_seq >= ?", (boot_from,)
-                ).fetchall()
-                for (first,) in timed:
-                    old = self._decoded(prio, first)
-                    new = [
-                        replace(r, ts=(round(r.ts * 1000) + offset_ms) / 1000, boot=None)
-                        if r.boot is not None and r.seq >= boot_from
-                        else r
-                        for r in old
-                    ]
-                    n += sum(1 for a, b in zip(old, new, strict=True) if a is not b)
-                    self._delete_blocks(prio, [first])
-                    self._insert_block(prio, new)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._cache.clear()
-            raise _translate(exc) from exc
-        return n
-
-    def checkpoint(self) -> None:
-        """Fold the WAL into the main file and cut it to nothing: space runs low."""
-        with contextlib.suppress(sqlite3.Error):
-            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def prune(self, last_seq: int, cursors: CursorItems = ()) -> int:
-        """Delete readings every destination has acknowledged; return how many.
-
-        Whole blocks go; the block a floor falls inside is written again without its
-        acknowledged part. ``last_seq`` (the counter) and ``cursors`` are written in the same
-        transaction, so no deleted number can ever be handed out again.
-        """
-        if not self.filters:
-            return 0
-        conn = self._conn()
-        deleted = 0
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES ('last_seq', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
-                (last_seq,),
-            )
-            self._write_cursors(cursors)
-            for prio, table in BLOCKS.items():
-                floor = self._ack_floor(prio)
-                spans = conn.execute(
-                    f"SELECT first_seq, last_seq, count FROM {table} WHERE first_seq <= ? ORDER BY first_seq", (floor,)
-                ).fetchall()
-                whole = [first for first, last, _ in spans if last <= floor]
-                deleted += sum(count for _, last, count in spans if last <= floor)
-                self._delete_blocks(prio, whole)
-                if spans and spans[-1][1] > floor:
-                    readings = self._decoded(prio, spans[-1][0])
-                    keep = readings[bisect.bisect_right(readings, floor, key=_SEQ) :]
-                    deleted += len(readings) - len(keep)
-                    self._delete_blocks(prio, [spans[-1][0]])
-                    self._insert_block(prio, keep)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._reload_sizes()
-            raise _translate(exc) from exc
-        return deleted
-
-    def _reload_sizes(self) -> None:
-        self._cache.clear()
-        for prio, table in BLOCKS.items():
-            rows = self._conn().execute(f"SELECT last_seq, count, length(data) FROM {table}").fetchall()
-            self.rows[prio] = sum(r[1] for r in rows)
-            self.bytes[prio] = sum(blocks.block_cost(r[2]) for r in rows)
-            self.top[prio] = max((r[0] for r in rows), default=0)
-
-    # -- status --------------------------------------------------------------------
-
-    def first_after(self, prio: Priority, cursor: int) -> StoredReading | None:
-        readings = self._after(prio, cursor, 1)
-        return readings[0] if readings else None
-
-    def file_bytes(self) -> int:
-        total = 0
-        for name in (str(self.path), f"{self.path}-wal", str(tail_path(self.path))):
-            with contextlib.suppress(OSError):
-                total += Path(name).stat().st_size
-        return total
-
-    def all_readings(self) -> list[StoredReading]:
-        """Every reading in the blocks, in sequence order (for tests and the CLI)."""
-        conn = self._conn()
-        out: list[StoredReading] = []
-        for prio, table in BLOCKS.items():
-            for (first,) in conn.execute(f"SELECT first_seq FROM {table} ORDER BY first_seq").fetchall():
-                out.extend(self._decoded(prio, first))
-        out.sort(key=_SEQ)
-        return out
 
     def close(self, last_seq: int | None = None, cursors: CursorItems = ()) -> None:
         """A clean stop: the counter is written and the reservation given back."""
@@ -630,31 +405,3 @@ class _Core:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
             self.conn = None
-
-
-def make_batch(
-    destination: str, prio: Priority, readings: list[StoredReading], filt: DestinationFilter, buffer_id: str
-) -> Batch:
-    """A batch of a class's readings: wall-clock times or boot-relative ones, never both (a
-    SenML pack's base time cannot speak for a record that has no time); the device filter
-    applied, the cursor moving past what it left out."""
-    boot_timed = readings[0].boot is not None
-    for i, r in enumerate(readings):
-        if (r.boot is not None) != boot_timed:
-            readings = readings[:i]
-            break
-    scanned_to = readings[-1].seq
-    if filt.devices is not None:
-        devices = filt.devices
-        readings = [r for r in readings if r.device in devices]
-    return Batch(destination, prio, readings, scanned_to=scanned_to, buffer_id=buffer_id)
-
-
-def _translate(exc: sqlite3.Error) -> StoreError:
-    """The project's error for a SQLite one: nothing above the store sees sqlite3."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
-        return StoreFull(f"disk full: {exc}")
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc):
-        return StoreCorrupt(f"the buffer is damaged: {exc}")
-    return StoreError(f"store access failed: {exc}")

@@ -264,7 +264,7 @@ def _salvage(conn: sqlite3.Connection, aside: Path, store_path: Path, damage: Da
         for prio, readings in rows.items():
             for i in range(0, len(readings), CONVERT_BLOCK_READINGS):
                 part = readings[i : i + CONVERT_BLOCK_READINGS]
-                blob = blocks.compress([blocks.encode_segment(part, lambda r: sids[(r.device, r.point, r.unit)])])
+                blob = blocks.compress([blocks.encode_segment(part, sids)])
                 out.execute(
                     f"INSERT INTO {BLOCKS[prio]}(first_seq, last_seq, count, boot_timed, data) VALUES (?, ?, ?, ?, ?)",
                     (part[0].seq, part[-1].seq, len(part), sum(r.boot is not None for r in part), blob),

@@ -24,7 +24,8 @@ from operator import attrgetter
 from edgeagent.clock import boot_id
 from edgeagent.model import Priority, Reading, StoredReading
 from edgeagent.store import blocks
-from edgeagent.store.core import _Core, make_batch
+from edgeagent.store.core import _Core
+from edgeagent.store.numbered import Numbered, memory_batch
 from edgeagent.store.schema import BLOCKS
 from edgeagent.store.tail import TailWriter, make_payload, tail_path
 from edgeagent.store.types import Batch, Budget, DestinationFilter
@@ -35,13 +36,21 @@ _SEQ = attrgetter("seq")
 
 
 @dataclasses.dataclass(slots=True)
-class Numbered:
-    """Readings just numbered, the waiting readings they came from, and what was refused."""
+class Taken:
+    """Readings just numbered (from ``first``), the waiting readings they came from, and what was refused."""
 
-    readings: list[StoredReading]
+    first: int
+    readings: list[Reading]
     originals: list[Reading]
     rejected: dict[Priority, int]
     boot: tuple[int, str] | None
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.readings) - 1
+
+    def rows(self) -> list[tuple[int, Reading]]:
+        return list(enumerate(self.readings, self.first))
 
 
 class Journal:
@@ -52,7 +61,8 @@ class Journal:
         self.tail = TailWriter(tail_path(core.path))
         self.counter = core.last_seq  # the last number handed out
         self.unnumbered: deque[Reading] = unnumbered if unnumbered is not None else deque()
-        self.mem: dict[Priority, list[StoredReading]] = {p: [] for p in BLOCKS}
+        self._boot = boot_id()
+        self.mem: dict[Priority, Numbered] = {p: Numbered(p, self._boot) for p in BLOCKS}
         self.committed_top = dict(core.top)  # the blocks' highest seq per class, as this loop knows it
         self.new_series: list[tuple[int, str, str, str]] = []  # not in the file yet
         self.new_boots: list[tuple[int, str]] = []
@@ -61,7 +71,6 @@ class Journal:
         # reject_new classes found full, with their bytes then: full until the file gives room back.
         self._full_at: dict[Priority, int] = {}
         self._acks_in_tail: dict[tuple[str, Priority], int] = {}
-        self._boot = boot_id()
 
     # -- the tail ------------------------------------------------------------------
 
@@ -71,7 +80,7 @@ class Journal:
         header = {"bid": core.buffer_id, "boot": self._boot, "last_seq": self.counter}
         series = [s for s in self.new_series if s[0] > core.series_saved]
         acks = dict(core.cursors)
-        segments = [(p, blocks.encode_segment(rs, core.sid_of)) for p, rs in self.mem.items() if rs]
+        segments = [(p, self._segment(rs)) for p, rs in self.mem.items() if rs]
         payload = make_payload(segments, _head(series, acks))
         if not self.tail.start(header, payload):
             return False
@@ -87,7 +96,7 @@ class Journal:
 
     # -- numbering -----------------------------------------------------------------
 
-    def take(self, budgets: Mapping[Priority, Budget], limit: int) -> Numbered | None:
+    def take(self, budgets: Mapping[Priority, Budget], limit: int) -> Taken | None:
         """Number up to ``limit`` waiting readings, within the reservation (full reject_new
         classes refuse theirs first). Settle with ``keep`` or ``undo``."""
         n = min(len(self.unnumbered), self.core.reserved_upto - self.counter, limit)
@@ -95,71 +104,70 @@ class Journal:
             return None
         waiting = [self.unnumbered[i] for i in range(n)]
         kept, rejected = self._reject_over_budget(waiting, budgets)
-        readings, boot = self._numbered(kept)
-        return Numbered(readings, waiting, rejected, boot)
+        first = self.counter + 1
+        boot = self._register(kept, first)
+        self.counter += len(kept)
+        return Taken(first, kept, waiting, rejected, boot)
 
-    def keep(self, numbered: Numbered, *, in_memory: bool) -> None:
-        for _ in numbered.originals:
+    def keep(self, taken: Taken, *, in_memory: bool) -> None:
+        for _ in taken.originals:
             self.unnumbered.popleft()
-        if numbered.boot is not None:
-            self._new_boot(*numbered.boot)
-        for prio, count in numbered.rejected.items():
+        if taken.boot is not None:
+            self._new_boot(*taken.boot)
+        for prio, count in taken.rejected.items():
             self.drops[(prio, "rejected_full")] = self.drops.get((prio, "rejected_full"), 0) + count
         if in_memory:
-            for r in numbered.readings:
-                self.mem[r.priority].append(r)
+            mem = self.mem
+            for seq, r in enumerate(taken.readings, taken.first):
+                mem[r.priority].append(seq, r)
         self.core.last_seq = self.counter
 
-    def undo(self, numbered: Numbered) -> None:
+    def undo(self, taken: Taken) -> None:
         """The numbers were not used (nothing of them left the store): hand them out again."""
-        if numbered.readings:
-            assert self.counter == numbered.readings[-1].seq, "numbers undone out of order"
-            self.counter = numbered.readings[0].seq - 1
+        assert self.counter == taken.last, "numbers undone out of order"
+        self.counter = taken.first - 1
 
-    def journal(self, budgets: Mapping[Priority, Budget], max_memory: int) -> list[StoredReading]:
+    def stored(self, taken: Taken) -> list[StoredReading]:
+        return [self.mem[r.priority].stored(seq, r) for seq, r in enumerate(taken.readings, taken.first)]
+
+    def journal(self, budgets: Mapping[Priority, Budget], max_memory: int) -> Taken | None:
         """Number what waits and write it to the tail in one record; return what became sendable."""
         if self.tail.broken:
-            return []
-        numbered = self.take(budgets, max_memory - self.in_memory())
-        if numbered is None:
-            return []
+            return None
+        taken = self.take(budgets, max_memory - self.in_memory())
+        if taken is None:
+            return None
         series = [s for s in self.new_series if s[0] > self._series_in_tail]
-        by_class: dict[Priority, list[StoredReading]] = {}
-        for r in numbered.readings:
-            by_class.setdefault(r.priority, []).append(r)
-        segments = [(p, blocks.encode_segment(rs, self.core.sid_of)) for p, rs in by_class.items()]
+        by_class: dict[Priority, list[tuple[int, Reading, bool]]] = {}
+        for seq, r in enumerate(taken.readings, taken.first):
+            by_class.setdefault(r.priority, []).append((seq, r, r.boot_relative))
+        segments = [(p, blocks.encode_rows(rows, self.core.series)) for p, rows in by_class.items()]
         if not self.tail.append(make_payload(segments, _head(series, {}))):
-            self.undo(numbered)
-            return []
+            self.undo(taken)
+            return None
         if series:
             self._series_in_tail = series[-1][0]
-        self.keep(numbered, in_memory=True)
-        return numbered.readings
+        self.keep(taken, in_memory=True)
+        return taken
 
-    def _numbered(self, readings: list[Reading]) -> tuple[list[StoredReading], tuple[int, str] | None]:
+    def _segment(self, part: Numbered) -> bytes:
+        return blocks.encode_rows(((s, r, b is not None) for s, r, b in part.rows()), self.core.series)
+
+    def _register(self, readings: list[Reading], first: int) -> tuple[int, str] | None:
+        """Give new series their ids; the first boot-relative reading's number and boot, if any."""
         core = self.core
         series, by_id = core.series, core.series_by_id
-        seq = self.counter
-        out = []
         boot_first: tuple[int, str] | None = None
-        for r in readings:
+        for i, r in enumerate(readings):
             key = (r.device, r.point, r.unit)
             if key not in series:
                 sid = max(by_id, default=0) + 1
                 series[key] = sid
                 by_id[sid] = key
                 self.new_series.append((sid, *key))
-            seq += 1
-            boot = None
-            if r.boot_relative:
-                boot = self._boot
-                if boot_first is None:
-                    boot_first = (seq, boot)
-            out.append(
-                StoredReading(seq, r.device, r.point, r.ts, r.value, r.unit, r.quality, r.priority, boot, r.reason)
-            )
-        self.counter = seq
-        return out, boot_first
+            if r.boot_relative and boot_first is None:
+                boot_first = (first + i, self._boot)
+        return boot_first
 
     def _new_boot(self, first: int, boot: str) -> None:
         core = self.core
@@ -218,45 +226,54 @@ class Journal:
 
     def batch(self, destination: str, prio: Priority, cursor: int, limit: int, filt: DestinationFilter) -> Batch | None:
         """The next batch of a class from memory, above ``cursor``."""
-        readings = self.mem[prio]
-        i = bisect.bisect_right(readings, cursor, key=_SEQ)
-        if i >= len(readings):
+        part = self.mem[prio]
+        i = part.after(cursor)
+        if i >= len(part):
             return None
-        return make_batch(destination, prio, readings[i : i + limit], filt, self.core.buffer_id)
+        return memory_batch(destination, part[i : i + limit], filt, self.core.buffer_id)
 
     def first_after(self, prio: Priority, cursor: int) -> StoredReading | None:
-        readings = self.mem[prio]
-        i = bisect.bisect_right(readings, cursor, key=_SEQ)
-        return readings[i] if i < len(readings) else None
+        part = self.mem[prio]
+        i = part.after(cursor)
+        return part[i] if i < len(part) else None
 
     def due(self, upto: int, floors: Mapping[Priority, int]) -> list[StoredReading]:
-        """Readings numbered up to ``upto`` that some destination still lacks, in sequence order."""
+        """Readings numbered up to ``upto`` that some destination still lacks, in sequence order;
+        alarms whatever their age (an alarm is written through to the card at once)."""
         out = []
-        for prio, readings in self.mem.items():
-            end = bisect.bisect_right(readings, upto, key=_SEQ)
-            floor = floors[prio]
-            out += [r for r in readings[:end] if r.seq > floor]
+        for prio, part in self.mem.items():
+            end = len(part) if prio == Priority.ALARM else part.after(upto)
+            start = part.after(floors[prio])
+            out += part[start:end] if start < end else []
         out.sort(key=_SEQ)
         return out
 
     def forget(self, upto: int, floors: Mapping[Priority, int], written: Sequence[StoredReading] = ()) -> None:
         """Readings now in the file (``written``), and those up to ``upto`` every destination has."""
         gone = {r.seq for r in written}
-        for prio, readings in self.mem.items():
-            end = bisect.bisect_right(readings, min(upto, floors[prio]), key=_SEQ)
+        for prio, part in self.mem.items():
+            end = part.after(min(upto, floors[prio]))
             if end or gone:
-                self.mem[prio] = [r for r in readings[end:] if r.seq not in gone]
+                part.keep(end, gone)
         self.committed_top = dict(self.core.top)
 
     def unsent_in_memory(self, cursors: Mapping[tuple[str, Priority], int], dest: str, prio: Priority) -> int:
-        readings = self.mem[prio]
-        return len(readings) - bisect.bisect_right(readings, cursors[(dest, prio)], key=_SEQ)
+        part = self.mem[prio]
+        return len(part) - part.after(cursors[(dest, prio)])
+
+    def waiting(self, floors: Mapping[Priority, int]) -> int:
+        """Readings not in the file that some destination still lacks, numbered or not."""
+        return len(self.unnumbered) + sum(len(part) - part.after(floors[p]) for p, part in self.mem.items())
+
+    def everything(self) -> list[StoredReading]:
+        return sorted((r for part in self.mem.values() for r in part), key=_SEQ)
 
     def retime(self, offset_s: float) -> None:
         """This boot's boot-relative readings in memory get their wall time."""
-        for prio, readings in self.mem.items():
-            self.mem[prio] = [
-                dataclasses.replace(r, ts=r.ts + offset_s, boot=None) if r.boot == self._boot else r for r in readings
+        for part in self.mem.values():
+            part.readings = [
+                dataclasses.replace(r, ts=r.ts + offset_s, boot_relative=False) if r.boot_relative else r
+                for r in part.readings
             ]
         self.unnumbered = deque(
             dataclasses.replace(r, ts=r.ts + offset_s, boot_relative=False) if r.boot_relative else r

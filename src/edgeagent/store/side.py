@@ -121,8 +121,7 @@ async def stats_of(store: Store) -> StoreStats:
         d: sum(core.unsent.get((d, p), 0) for p in BLOCKS) + sum(int(s["unsent"][d]) for s in salvage)  # type: ignore[index]
         for d in store.destinations
     }
-    floors = {p: core._ack_floor(p) for p in BLOCKS}
-    waiting = len(j.unnumbered) + sum(1 for p, rs in j.mem.items() for r in rs if r.seq > floors[p])
+    waiting = j.waiting({p: core._ack_floor(p) for p in BLOCKS})
     counters = store._counters
     return StoreStats(
         path=str(store.path),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edgeagent.model import Priority, StoredReading
@@ -37,11 +38,13 @@ class Batch:
 
     ``scanned_to`` is the last sequence number examined: with a device filter some rows
     are skipped, and the cursor moves past them too once the batch is acknowledged.
+    ``readings`` is a sequence of ``StoredReading`` (from memory, one that makes them as
+    they are looked at: ``edgeagent.store.numbered``).
     """
 
     destination: str
     priority: Priority
-    readings: list[StoredReading]
+    readings: Sequence[StoredReading]
     scanned_to: int
     buffer_id: str = ""
 

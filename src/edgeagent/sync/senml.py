@@ -22,57 +22,93 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from edgeagent.clock import PLAUSIBLE_FROM
-from edgeagent.model import Quality, StoredReading
+from edgeagent.model import Quality, Reading, StoredReading
+from edgeagent.store.numbered import Numbered
 
 CONTENT_TYPE = "application/senml+json"
 
 
-def _timed(r: StoredReading) -> bool:
-    return r.boot is None and r.ts >= PLAUSIBLE_FROM
+# '"n":"<device>/<point>","u":"<unit>"' per series: most of a record, the same every time.
+_NAMES: dict[tuple[str, str, str], str] = {}
+_NAMES_MAX = 4096
+_QUALITY = {q: f',"q":"{q.name.lower()}"' for q in Quality if q != Quality.GOOD}
+_dumps = json.dumps
+_float_repr = float.__repr__
+
+
+def _timed(r: StoredReading | Reading, boot: str | None) -> bool:
+    return boot is None and r.ts >= PLAUSIBLE_FROM
+
+
+def _name(device: str, point: str, unit: str) -> str:
+    key = (device, point, unit)
+    text = _NAMES.get(key)
+    if text is None:
+        text = f'"n":{_dumps(f"{device}/{point}")},"u":{_dumps(unit)}'
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[key] = text
+    return text
+
+
+def _number(v: object) -> str:
+    """A JSON number exactly as ``json.dumps`` writes it; NaN and infinities are refused."""
+    if type(v) is float:
+        if v != v or v in (math.inf, -math.inf):
+            raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
+        return _float_repr(v)
+    return _dumps(v, allow_nan=False)
+
+
+def _rows(readings: Sequence[StoredReading]) -> Iterable[tuple[int, StoredReading | Reading, str | None]]:
+    if isinstance(readings, Numbered):
+        return readings.rows()
+    return ((r.seq, r, r.boot) for r in readings)
 
 
 def encode(gateway_id: str, readings: Sequence[StoredReading], buffer_id: str = "") -> bytes:
-    """The SenML JSON of a batch (uncompressed)."""
+    """The SenML JSON of a batch (uncompressed), as ``json.dumps`` of the records would write it.
+
+    Built as text, a record from its series' cached name and unit: five thousand records a
+    second through the generic JSON encoder cost more than polling them.
+    """
     if not readings:
         raise ValueError("empty batch")
-    all_timed = all(_timed(r) for r in readings)
-    base_t = readings[0].ts if all_timed else 0.0
-    records: list[dict[str, Any]] = []
-    for i, r in enumerate(readings):
-        rec: dict[str, Any] = {}
-        if i == 0:
-            rec["bn"] = f"{gateway_id}/"
-            if all_timed:
-                rec["bt"] = base_t
-            if buffer_id:
-                rec["bid"] = buffer_id
-        rec["n"] = f"{r.device}/{r.point}"
-        rec["u"] = r.unit
-        if isinstance(r.value, str):
-            rec["vs"] = r.value
+    rows = list(_rows(readings))
+    all_timed = all(_timed(r, boot) for _, r, boot in rows)
+    base_t = rows[0][1].ts if all_timed else 0.0
+    head = f'"bn":{_dumps(f"{gateway_id}/")},'
+    if all_timed:
+        head += f'"bt":{_number(base_t)},'
+    if buffer_id:
+        head += f'"bid":{_dumps(buffer_id)},'
+    out = []
+    for seq, r, boot in rows:
+        value = r.value
+        if isinstance(value, str):
+            v = f',"vs":{_dumps(value)}'
             if r.reason:
-                rec["reason"] = r.reason
-        elif r.value is not None:
-            rec["v"] = r.value
-        if _timed(r):
-            dt = round(r.ts - base_t, 3)
-            if dt:
-                rec["t"] = dt
-        elif r.boot is not None:
-            rec["tq"] = "boot"
-            rec["boot"] = r.boot
-            rec["up"] = round(r.ts, 3)
+                v += f',"reason":{_dumps(r.reason)}'
+        elif value is not None:
+            v = f',"v":{_number(value)}'
         else:
-            rec["tq"] = "unknown"
-        rec["seq"] = r.seq
-        if r.quality != Quality.GOOD:
-            rec["q"] = r.quality.name.lower()
-        records.append(rec)
-    return json.dumps(records, separators=(",", ":"), allow_nan=False).encode()
+            v = ""
+        if boot is None and r.ts >= PLAUSIBLE_FROM:
+            dt = round(r.ts - base_t, 3)
+            t = f',"t":{_number(dt)}' if dt else ""
+        elif boot is not None:
+            t = f',"tq":"boot","boot":{_dumps(boot)},"up":{_number(round(r.ts, 3))}'
+        else:
+            t = ',"tq":"unknown"'
+        q = _QUALITY.get(r.quality, "") if r.quality else ""
+        out.append(f'{{{head}{_name(r.device, r.point, r.unit)}{v}{t},"seq":{seq}{q}}}')
+        head = ""
+    return ("[" + ",".join(out) + "]").encode()
 
 
 def encode_gzip(gateway_id: str, readings: Sequence[StoredReading], buffer_id: str = "") -> bytes:
