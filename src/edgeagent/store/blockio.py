@@ -197,6 +197,9 @@ class _Blocks:
         if not self.filters:
             return 0
         conn = self._conn()
+        oldest = {p: conn.execute(f"SELECT min(first_seq) FROM {t}").fetchone()[0] for p, t in BLOCKS.items()}
+        if all(first is None or first > self._ack_floor(p) for p, first in oldest.items()):
+            return 0  # nothing acknowledged in the file: nothing written either
         deleted = 0
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -160,6 +160,7 @@ class _Commits:
         """Delete from the file what every destination has; write the counter and cursors."""
         async with self._commit_lock:
             n = int(await self._run(self._core.prune, self._journal.counter, self._cursor_items()))
-            self._cursors_dirty = False
+            if n:
+                self._cursors_dirty = False  # written with the deletion
             self._journal.committed_top = dict(self._core.top)
             return n

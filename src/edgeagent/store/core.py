@@ -32,7 +32,7 @@ WAL_LIMIT_BYTES = 8 * 1024 * 1024
 PAGE_BYTES = 4096
 # Sequence numbers reserved durably (fsync'd) ahead of use: after a power cut, which can
 # take the last seconds of the tail with it, numbering goes on above them, never reusing one.
-RESERVE_SEQS = 100_000
+RESERVE_SEQS = 200_000
 
 
 class _Core(_Blocks):
@@ -158,7 +158,7 @@ class _Core(_Blocks):
                 raise DamageFound("wal_missing", "the buffer's write-ahead log vanished after an unclean stop")
             self.clean_stop = not (running is not None and running[0])
             # Marked in the main file itself, so a log lost later is noticed.
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('running', 1)")
+            self._set_meta("running", 1)
         self._load_state()
         if not salvage:
             take_tail(self)
@@ -224,7 +224,11 @@ class _Core(_Blocks):
         return self.conn
 
     def _set_meta(self, key: str, value: int) -> None:
-        self._conn().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+        # An update in place: REPLACE would delete and insert, writing the key's index page too.
+        self._conn().execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     # -- writing -------------------------------------------------------------------
 
@@ -381,7 +385,7 @@ class _Core(_Blocks):
                 last = max(self.last_seq, last_seq or 0)
                 self._set_meta("last_seq", last)
                 self._set_meta("reserved_upto", last)
-                self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('running', 0)")
+                self._set_meta("running", 0)
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._close_quietly()
 
