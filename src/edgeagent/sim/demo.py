@@ -103,7 +103,7 @@ async def run_demo(*, web_port: int = 8080, state_dir: Path | None = None, durat
             )
             print(
                 f"  simulated field bus: Modbus TCP 127.0.0.1:{site.tcp_sensor.port} (wl-01); "
-                f"RS-485 line {site.rtu.port} at 9600 baud (8 devices); "
+                f"RS-485 line {site.rtu.port} at 9600 baud ({len(site.rtu.units)} devices, sign-01 among them); "
                 f"PWD22 {site.pwd.port}; radar {site.radar.port}; BLE radio (2 manhole sensors, 1 RuuviTag)",
                 flush=True,
             )
@@ -120,9 +120,11 @@ async def run_demo(*, web_port: int = 8080, state_dir: Path | None = None, durat
                 level = _line(agent, "wl-01", "water_level")
                 visibility = _line(agent, "pwd-01", "visibility_1min", "{:.0f}")
                 lamp = _line(agent, "lamp-01", "dim_level", "{:.0f}")
+                sign = "CLOSED" if site.sign.closure else "open"
+                active = len(agent.live.alarms.active())
                 print(
                     f"  {online}/{len(agent.live.devices)} devices online; water level {level}, "
-                    f"visibility {visibility}, lamp {lamp}; "
+                    f"visibility {visibility}, lamp {lamp}; underpass sign {sign}, {active} alarms active; "
                     f"ingest has received {ingest.stats.readings_received} readings",
                     flush=True,
                 )
