@@ -139,17 +139,22 @@ class Writer:
         event = self._wake.setdefault(device, asyncio.Event())
         event.set()
         if device not in self._tasks:
-            self._tasks[device] = asyncio.get_running_loop().create_task(
-                self._run(device), name=f"rules-write:{device}"
-            )
+            task = asyncio.get_running_loop().create_task(self._run(device), name=f"rules-write:{device}")
+            task.add_done_callback(lambda t, d=device: self._ended(d, t))
+            self._tasks[device] = task
+
+    def _ended(self, device: str, task: asyncio.Task[None]) -> None:
+        """A worker ended by a bug is logged and forgotten: the next value wanted starts a new one."""
+        if self._tasks.get(device) is task:
+            del self._tasks[device]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("rules: the writer of %s failed: %r", device, task.exception())
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
     def _due(self, device: str, now: float) -> tuple[Point | None, float | None]:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,9 @@ class StateFile:
         self.writes = 0
 
     def load(self) -> object:
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a save cut short by a crash
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -216,7 +220,8 @@ class StateFile:
     def save(self, data: dict[str, Any]) -> None:
         """Write ``data`` so that a crash at any moment leaves the old file or the new one."""
         text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-        tmp = self.path.with_suffix(".tmp")
+        # Its own name, so a save still running in a thread (at a stop) never shares a file with the next.
+        tmp = self.path.with_name(f".{self.path.name}.{threading.get_ident()}.tmp")
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
             fh.write(text)
             fh.flush()
