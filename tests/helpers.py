@@ -100,10 +100,22 @@ retry_max_ms = {retry_max_ms}
 """
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll a cheap in-memory predicate every 20 ms; fail with ``what`` on timeout."""
+async def wait_until(
+    predicate: Callable[[], bool],
+    timeout_s: float = 10.0,
+    what: str = "condition",
+    *,
+    fail_if: Callable[[], str | None] | None = None,
+) -> None:
+    """Poll a cheap in-memory predicate every 20 ms; fail with ``what`` on timeout.
+
+    ``fail_if`` returns why the wait can no longer succeed (or None): the test then fails
+    at once with that reason instead of waiting out ``timeout_s``.
+    """
     deadline = time.monotonic() + timeout_s
     while not predicate():
+        if fail_if is not None and (why := fail_if()) is not None:
+            raise AssertionError(f"gave up waiting for {what}: {why}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.02)
