@@ -61,6 +61,9 @@ class Publish:
     retain: bool
     payload: bytes
     answered: int | None  # the PUBACK reason code sent, None for QoS 0
+    content_type: str | None = None
+    payload_format: int | None = None
+    user: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -129,11 +132,13 @@ class ScriptedBroker:
         if qos:
             (packet_id,) = struct.unpack_from(">H", body, i)
             i += 2
-        props_len, i = _varint(body, i)
-        payload = body[i + props_len :]
+        props, i = _properties(body, i)
+        payload = body[i:]
         code = self.puback(topic) if qos else None
         answered = code if code is not None and code >= 0 else None  # a negative code: never answered
-        self.publishes.append(Publish(topic, qos, retain, payload, answered))
+        user = dict(props.get(0x26, []))  # type: ignore[call-overload]
+        publish = Publish(topic, qos, retain, payload, answered, props.get(0x03), props.get(0x01), user)  # type: ignore[arg-type]
+        self.publishes.append(publish)
         if packet_id is not None and answered is not None:
             writer.write(bytes([PUBACK << 4, 4]) + struct.pack(">HBB", packet_id, answered, 0))
 
@@ -192,7 +197,10 @@ def _properties(data: bytes, i: int) -> tuple[dict[int, object], int]:
         else:
             key, i = _string(data, i)
             val, i = _string(data, i)
-            value = (key, val)
+            pairs = props.setdefault(pid, [])
+            assert isinstance(pairs, list)
+            pairs.append((key, val))
+            continue
         props[pid] = value
     return props, end
 

@@ -46,14 +46,25 @@ async def test_puback_codes_below_0x80_acknowledge_0x80_and_up_refuse_and_quota_
     assert [p.answered for p in broker.readings()] == [0x00, 0x10, 0x80, 0x87, 0x99, 0x97, 0x91, 0x00]
 
 
-async def test_readings_go_at_qos_1_not_retained_on_their_class_topic() -> None:
+async def test_a_batch_goes_at_qos_1_not_retained_on_its_class_topic_with_its_identity_as_properties() -> None:
     async with ScriptedBroker() as broker, started(uplink_cfg(broker.port)) as uplink:
         await asyncio.wait_for(uplink.link_up(), 5)
-        await uplink.send(*a_batch(1))
+        batch, payload = a_batch(7, n=5)
+        await uplink.send(batch, payload)
     status, reading = broker.publishes[0], broker.readings()[0]
     assert (status.topic, status.payload) == (f"edgeagent/{GATEWAY}/status", b"online")
     assert (status.qos, status.retain) == (1, True)
     assert (reading.topic, reading.qos, reading.retain) == (f"edgeagent/{GATEWAY}/readings/telemetry", 1, False)
+    assert (reading.content_type, reading.payload_format) == ("application/senml+json", 0)
+    assert reading.payload == payload
+    assert reading.user == {
+        "idempotency-key": f"{GATEWAY}::7-11",
+        "buffer-id": "",
+        "first-seq": "7",
+        "last-seq": "11",
+        "count": "5",
+        "content-encoding": "gzip",
+    }
 
 
 async def test_the_session_is_persistent_and_its_will_is_a_retained_delayed_offline() -> None:
