@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
 from edgeagent.live import DeviceLive, Live, PointValue, UplinkLive
 from edgeagent.model import Quality, Reading
@@ -94,6 +95,10 @@ async def test_the_api_token_reads_only_whole_metrics_alone_may_be_open_and_erro
                     assert resp.status == 404
                     missing = [h for h in SECURITY_HEADERS if h not in resp.headers]
                     assert not missing, f"{url}: an error answer without {missing}"
+            # A static file's name is a name: no way out of the folder, whatever the encoding.
+            for name in ("..%2Fstatic%2Fapp.css", ".%2Fapp.js", "%2E%2E%2Fstatic%2Fapp.js"):
+                async with http.get(URL(f"{base}static/{name}", encoded=True)) as resp:
+                    assert resp.status == 404, f"/static/{name} answered {resp.status}"
 
 
 async def test_a_technicians_repoll_of_a_dark_sensor_says_why_it_failed_and_every_action_is_audited(
