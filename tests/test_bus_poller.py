@@ -148,6 +148,22 @@ async def test_an_offline_device_goes_offline_at_its_limit_and_costs_one_request
             assert p.bus.transactions == alive.polls_ok, "one answered transaction per good poll"
 
 
+async def test_a_degraded_device_keeps_its_rhythm_the_next_try_one_interval_on() -> None:
+    loop = asyncio.get_running_loop()
+    changes: dict[str, float] = {}
+    async with behind_converter(1) as (_, proxy):
+        proxy.dead_units = {1}
+        async with polled(tcp_bus(proxy.port, timeout_ms=100), [water_level(1, poll_interval_s=1.0)]) as p:
+            device = p.device("wl-1")
+            await wait_until(lambda: device.state.value == "degraded", 5, "the first failed poll")
+            changes["degraded"] = loop.time()
+            await wait_until(lambda: device.state.value == "offline", 5, "the second failed poll")
+            changes["offline"] = loop.time()
+    # A failed poll takes two timeouts (0.2 s); the next is due one interval (1 s) after the first was.
+    gap = changes["offline"] - changes["degraded"]
+    assert gap >= 0.6, f"a degraded device was polled again {gap:.2f} s after a failure, not an interval on"
+
+
 async def test_bad_data_is_a_failed_poll_with_bad_data_as_the_reason() -> None:
     async with WaterLevelSimulator(unit_ids=[1]) as sensor, polled(tcp_bus(sensor.port), [water_level(1)]) as p:
         device = p.device("wl-1")
