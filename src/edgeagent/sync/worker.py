@@ -3,7 +3,8 @@
 The worker sleeps on the store's event, not on a timer, so a reading goes out as soon
 as it has its number (see ``edgeagent.store``), but at most one batch starts every
 ``SEND_EVERY_S``: what arrives meanwhile rides along, which halves the requests (each
-costs far more than the readings in it) for a few milliseconds of lag. One batch is in
+costs far more than the readings in it) for a few milliseconds of lag. A backlog goes
+in full batches back to back. One batch is in
 flight at a time, so memory stays flat however large the backlog. A transient failure
 backs off (capped, full jitter, Retry-After honoured); a refusal is reported once and
 retried slowly; nothing is ever dropped here.
@@ -65,6 +66,7 @@ class SyncWorker:
         self._last_problem: str | None = None
         self._held: tuple[Batch, bytes] | None = None  # sent but not yet acknowledged
         self._last_send = 0.0
+        self._last_full = False  # the last batch sent was as large as allowed
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from ``run``; stop hearing the store."""
@@ -109,8 +111,9 @@ class SyncWorker:
                 # A retry sends the very same batch, so its idempotency key does not change.
                 batch, payload = self._held
             else:
+                # Live readings wait a little to ride along; a backlog (full batches) never does.
                 wait = self._last_send + SEND_EVERY_S - time.monotonic()
-                if wait > 0:
+                if wait > 0 and not self._last_full:
                     await self._pause(wait)
                     continue
                 try:
@@ -134,6 +137,7 @@ class SyncWorker:
                     break
             self.live.last_attempt_ts = time.time()
             self._last_send = time.monotonic()
+            self._last_full = len(batch.readings) >= self.batch_max_readings
             try:
                 await self.uplink.send(batch, payload)
             except UplinkRetryLater as exc:
