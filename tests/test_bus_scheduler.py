@@ -25,6 +25,7 @@ from edgeagent.profiles import load_profile
 from edgeagent.sim.modbus_rtu import RtuBusSimulator
 from edgeagent.sim.modbus_units import LampControllerUnit, SimUnit, WaterLevelUnit
 from edgeagent.sim.water_level import WaterLevelSimulator
+from edgeagent.units import cancel_all
 from tests.helpers import wait_until
 
 POLL_S = 0.3
@@ -102,9 +103,7 @@ async def running(
         try:
             yield harness
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_all([task])  # again until it stops: pymodbus's wait_for can swallow one
         assert sim.forbidden_reads == []
 
 
@@ -240,8 +239,7 @@ async def test_close_after_poll_dials_anew_for_every_poll(sensor: WaterLevelSimu
     try:
         await wait_until(lambda: live.devices["wl"].polls_ok >= 5, 10, "five polls")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_all([task])
         proxy.close()
         await proxy.wait_closed()
         await asyncio.wait_for(asyncio.gather(*pipes, return_exceptions=True), 5)

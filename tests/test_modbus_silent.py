@@ -30,6 +30,7 @@ from edgeagent.profiles import load_profile
 from edgeagent.sim.converter import ConverterProxy
 from edgeagent.sim.water_level import RainEvent, WaterLevelSimulator
 from edgeagent.transports.modbus import ModbusTcpTransport
+from edgeagent.units import cancel_all
 from tests.helpers import wait_until
 
 TIMEOUT_MS = 100
@@ -101,8 +102,7 @@ async def converter(
         try:
             yield harness
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_all([task])  # again until it stops: pymodbus's wait_for can swallow one
 
 
 async def test_a_converter_that_goes_mute_on_its_open_connection_is_dialled_again(
