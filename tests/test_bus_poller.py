@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from edgeagent.profiles import load_profile
 from edgeagent.sim.converter import ConverterProxy
 from edgeagent.sim.modbus_rtu import RtuBusSimulator
 from edgeagent.sim.modbus_units import LampControllerUnit, SimUnit, WaterLevelUnit
+from edgeagent.sim.pwd import PwdSimulator
 from edgeagent.sim.water_level import RainEvent, WaterLevelSimulator
 from tests.helpers import free_port, wait_until
 
@@ -41,6 +43,7 @@ class Polled:
     # (device, new state, polls_failed at that moment)
     transitions: list[tuple[str, str, int]] = field(default_factory=list)
     polls: dict[str, int] = field(default_factory=dict)
+    poll_ends: list[float] = field(default_factory=list)  # when each good poll's readings came, any device
 
     def device(self, device_id: str) -> DeviceLive:
         return self.live.devices[device_id]
@@ -71,10 +74,12 @@ async def polled(bus: dict[str, Any], devices: list[dict[str, Any]]) -> AsyncIte
     build_live(site, profiles, live)
     counts = {d.id: 0 for d in site.devices}
     transitions: list[tuple[str, str, int]] = []
+    poll_ends: list[float] = []
 
     def on_readings(readings: list[Reading]) -> None:
         if readings:
             counts[readings[0].device] += 1
+            poll_ends.append(time.monotonic())
 
     def on_state(device: str, state: str, previous: str, reason: str) -> None:
         transitions.append((device, state, live.devices[device].polls_failed))
@@ -83,7 +88,7 @@ async def polled(bus: dict[str, Any], devices: list[dict[str, Any]]) -> AsyncIte
     assert isinstance(runner, BusPoller)
     task = asyncio.create_task(runner.run(), name="poll:bus")
     try:
-        yield Polled(runner, live, task, transitions, counts)
+        yield Polled(runner, live, task, transitions, counts, poll_ends)
     finally:
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
@@ -164,6 +169,41 @@ async def test_a_degraded_device_keeps_its_rhythm_the_next_try_one_interval_on()
     assert gap >= 0.6, f"a degraded device was polled again {gap:.2f} s after a failure, not an interval on"
 
 
+async def test_a_unit_gone_quiet_gets_a_neighbour_asked_at_once_and_the_connection_is_not_blamed() -> None:
+    # The neighbour's own next poll is a minute away: only the question asked for the dead unit's sake tells.
+    quiet = {**water_level(2), "retries": 3}  # four unanswered requests a poll, more than reopen_after_timeouts
+    async with behind_converter(1, 2) as (_, proxy):
+        proxy.dead_units = {2}
+        async with polled(tcp_bus(proxy.port, timeout_ms=100), [water_level(1, poll_interval_s=60), quiet]) as p:
+            await wait_until(lambda: p.device("wl-2").polls_failed >= 3, 10, "three failed polls of the quiet unit")
+            assert p.device("wl-1").polls_ok >= 2, "the neighbour was asked besides its own schedule"
+            assert (p.bus.restarts, proxy.accepted) == (0, 1), "one dead unit cost its neighbour the connection"
+
+
+async def test_a_neighbour_answering_with_exceptions_marks_the_quiet_unit_dead_on_its_own() -> None:
+    quiet = {**water_level(2), "retries": 3}
+    async with behind_converter(1, 2) as (server, proxy):
+        server.forbidden = {0x0006}  # every read of unit 1 is answered with exception 02
+        proxy.dead_units = {2}
+        async with polled(tcp_bus(proxy.port, timeout_ms=100), [water_level(1, poll_interval_s=60), quiet]) as p:
+            await wait_until(lambda: p.device("wl-2").polls_failed >= 3, 10, "three failed polls of the quiet unit")
+            assert "exception 02" in p.device("wl-1").reason
+            # Its own first poll, and once as the witness: its exception answer proved the connection works.
+            assert p.device("wl-1").polls_failed == 2, "the neighbour was asked again and again"
+            assert (p.bus.restarts, proxy.accepted) == (0, 1)
+
+
+async def test_each_new_connection_gets_exactly_reopen_after_timeouts_unanswered_requests() -> None:
+    lone = {**water_level(1, poll_interval_s=0.05), "retries": 0}
+    async with behind_converter(1) as (_, proxy), polled(tcp_bus(proxy.port, timeout_ms=100), [lone]) as p:
+        await wait_until(lambda: p.polls["wl-1"] >= 2, 10, "the unit answering")
+        proxy.dead_units = {1}  # nothing answers any more, on this connection or the next
+        await wait_until(lambda: proxy.accepted >= 3, 20, "the connection dialled twice more")
+        await wait_until(proxy.links[1].closed.is_set, 5, "the second connection closed")
+        assert [link.unanswered for link in proxy.links[:2]] == [3, 3]
+        assert p.bus.restarts >= 2
+
+
 async def test_bad_data_is_a_failed_poll_with_bad_data_as_the_reason() -> None:
     async with WaterLevelSimulator(unit_ids=[1]) as sensor, polled(tcp_bus(sensor.port), [water_level(1)]) as p:
         device = p.device("wl-1")
@@ -184,6 +224,18 @@ async def test_a_bus_that_cannot_be_reached_is_shown_down_and_ok_again_once_it_a
         async with WaterLevelSimulator(unit_ids=[1], port=port):
             await wait_until(lambda: p.device("wl-1").state.value == "online", 10, "the device back")
             assert p.bus.state == "ok", "a device answers on it: the bus is ok"
+
+
+async def test_the_pause_between_polls_on_a_serial_line_is_kept() -> None:
+    async with PwdSimulator(sensor_ids=["1", "2"], response_delay_s=0.01) as line:
+        bus = {"kind": "serial", "port": line.port, "bytesize": 8, "parity": "N", "inter_frame_ms": 150}
+        pwd = {"profile": "vaisala_pwd22", "poll_interval_s": 0.02, "timeout_ms": 300}
+        devices = [{**pwd, "id": "pwd-1", "sensor_id": "1"}, {**pwd, "id": "pwd-2", "sensor_id": "2"}]
+        async with polled(bus, devices) as p:
+            await wait_until(lambda: len(p.poll_ends) >= 5, 10, "five polls")
+    gaps = [b - a for a, b in zip(p.poll_ends, p.poll_ends[1:], strict=False)]
+    # Both sensors are always due: only the bus's pause (150 ms) stands between two polls.
+    assert min(gaps) >= 0.15 - 0.01, f"polls {min(gaps) * 1000:.0f} ms apart on a line that asks for 150 ms"
 
 
 @contextlib.asynccontextmanager
