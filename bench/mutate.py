@@ -82,6 +82,20 @@ class Outcome:
     status: str  # killed, timed out, survived, equivalent, stale, error
     seconds: float = 0.0
     by: str = ""  # the first failing test, or why it could not run
+    module: str = ""
+
+    def __post_init__(self) -> None:
+        self.module = self.module or self.mutant.module
+
+
+def load_outcomes(paths: Sequence[Path]) -> list[Outcome]:
+    """Outcomes saved with ``--json``; a mutant in a later file replaces its outcome in an earlier one."""
+    by_id: dict[str, Outcome] = {}
+    for path in paths:
+        for row in json.loads(path.read_text()):
+            mutant = Mutant(row["id"], "", row["bug"], "", "", [])
+            by_id[row["id"]] = Outcome(mutant, row["status"], row["seconds"], row["by"], row["module"])
+    return list(by_id.values())
 
 
 def load_catalogue(path: Path) -> list[Mutant]:
@@ -277,7 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write every outcome here")
     ap.add_argument("--check", action="store_true", help="only say which mutants no longer apply")
     ap.add_argument("--list", action="store_true", help="list the mutants and their tests")
+    ap.add_argument("--report", type=Path, nargs="+", help="print the table of runs saved with --json, run nothing")
     args = ap.parse_args(argv)
+    if args.report:
+        report(load_outcomes(args.report))
+        return 0
 
     mutants = load_catalogue(args.catalogue)
     if args.only:
@@ -367,7 +385,7 @@ def _run_all(args: argparse.Namespace, mutants: list[Mutant], copy: Path) -> int
         args.json.write_text(
             json.dumps(
                 [
-                    {"id": o.mutant.id, "module": o.mutant.module, "status": o.status, "seconds": round(o.seconds, 1)}
+                    {"id": o.mutant.id, "module": o.module, "status": o.status, "seconds": round(o.seconds, 1)}
                     | {"by": o.by, "bug": o.mutant.bug}
                     for o in outcomes
                 ],
@@ -381,7 +399,7 @@ def report(outcomes: list[Outcome]) -> None:
     """Per module: killed, timed out, survived; the rate is (killed + timed out) / run."""
     rows: dict[str, dict[str, int]] = {}
     for o in outcomes:
-        counts = rows.setdefault(o.mutant.module, {})
+        counts = rows.setdefault(o.module, {})
         counts[o.status] = counts.get(o.status, 0) + 1
     rows["overall"] = {}
     for name, counts in list(rows.items()):
