@@ -23,6 +23,8 @@ Run (from the repository, with the test environment's python):
     .venv-test/bin/python bench/mutate.py --check         # does every mutant still apply?
     .venv-test/bin/python bench/mutate.py --worktree      # the working tree, uncommitted edits too
     .venv-test/bin/python bench/mutate.py --tests-rev REV # the code at HEAD, the tests as of REV
+    .venv-test/bin/python bench/mutate.py --worktree --only ID --tests TEST  # does TEST kill mutant ID?
+    .venv-test/bin/python bench/mutate.py --json out.json # save every outcome; --report out.json prints it again
 """
 
 from __future__ import annotations
