@@ -123,3 +123,60 @@ async def test_a_damaged_tail_keeps_what_precedes_the_damage_and_numbers_above_t
         new = store.last_seq
     assert kept == list(range(1, len(kept) + 1)) and 0 < len(kept) < N
     assert new > reserved
+
+
+async def test_numbers_a_failing_commit_gave_are_never_seen_nor_sent(tmp_path: Path) -> None:
+    """With the tail unwritable (a full disk) a commit numbers readings itself: until they
+    are durable, no other number is handed out and none of them is visible or sendable."""
+    path = tmp_path / "b.sqlite"
+    store = Store(path, destinations=["up"], commit_interval_ms=60_000, max_pending_readings=50_000)
+    await store.open()
+    try:
+        store.append(_r(0))
+        await store.flush()
+        pages = store._core.conn.execute("PRAGMA page_count").fetchone()[0]  # type: ignore[union-attr]
+        await store._run(store._core.conn.execute, f"PRAGMA max_page_count = {pages}")  # type: ignore[union-attr]
+        store._journal.tail.close()  # the disk refuses the tail too
+        for i in range(1, 30_001):
+            store.append(_r(i))
+        seen: list[int] = []
+        sent: dict[int, float | str | None] = {}
+        flush = asyncio.create_task(store.flush())
+        while not flush.done():
+            seen.append(store.last_seq)
+            batch = await store.next_batch("up", 100)
+            if batch is not None:
+                assert batch.last_seq <= store.last_seq, "only what is durable is sent"
+                sent |= {r.seq: r.value for r in batch.readings}
+                await store.ack(batch)
+            await asyncio.sleep(0)
+        assert isinstance(flush.exception(), Exception) and "disk full" in str(flush.exception())
+        assert seen == sorted(seen) and seen[-1] == store.last_seq < 30_001, "the counter never went back"
+        await store._run(store._core.conn.execute, "PRAGMA max_page_count = 1073741823")  # type: ignore[union-attr]
+        await store.flush()
+        while (batch := await store.next_batch("up", 1000)) is not None:
+            sent |= {r.seq: r.value for r in batch.readings}
+            await store.ack(batch)
+        last = store.last_seq
+    finally:
+        await store.close()
+    assert sorted(sent) == list(range(1, last + 1)) and last == 30_001, "each number once, without a gap"
+    assert [sent[s] for s in sorted(sent)] == [round(40 + i * 0.1, 1) for i in range(30_001)], "never renumbered"
+
+
+async def test_numbers_are_handed_out_only_when_their_readings_are_durable(tmp_path: Path) -> None:
+    async with Store(tmp_path / "b.sqlite", destinations=["up"], commit_interval_ms=60_000) as store:
+        journal = store._journal
+        journal.tail.close()  # a full disk: the commit will number what waits
+        for i in range(10):
+            store.append(_r(i))
+        taken = journal.take(store._core.budgets, 1000)
+        assert taken is not None and (taken.first, taken.last) == (1, 10)
+        assert store.last_seq == 0, "numbers being written are not given yet"
+        journal.paused = True
+        journal.tail.broken = None  # even were the tail writable again meanwhile
+        assert journal.journal(store._core.budgets, 1000) is None, "nothing else is numbered meanwhile"
+        journal.paused = False
+        journal.tail.broken = "closed"
+        await store.flush()
+        assert store.last_seq == 10

@@ -77,16 +77,17 @@ class _Commits:
                 await self._write(due)
             j.forget(upto, floors, due)
             while j.unnumbered and (j.tail.broken or everything):
-                taken = j.take(core.budgets, self.commit_max_readings)
-                if taken is None:  # the reservation is used up: extend it first
-                    await self._write([], reserve=j.counter + RESERVE_SEQS)
-                    continue
+                # Numbered by this commit, so no other number may be handed out meanwhile.
+                j.paused = True
                 try:
+                    taken = j.take(core.budgets, self.commit_max_readings)
+                    if taken is None:  # the reservation is used up: extend it first
+                        await self._write([], reserve=j.counter + RESERVE_SEQS)
+                        continue
                     await self._write(j.stored(taken))
-                except BaseException:
-                    j.undo(taken)
-                    raise
-                j.keep(taken, in_memory=False)
+                    j.keep(taken, in_memory=False)
+                finally:
+                    j.paused = False
                 self._made_durable(taken.readings)
             if core.reserved_upto - j.counter < RESERVE_SEQS // 2:
                 await self._write([], reserve=j.counter + RESERVE_SEQS)

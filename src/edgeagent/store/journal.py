@@ -60,6 +60,7 @@ class Journal:
         self.core = core
         self.tail = TailWriter(tail_path(core.path))
         self.counter = core.last_seq  # the last number handed out
+        self.paused = False  # a commit is numbering readings itself: the tail must wait
         self.unnumbered: deque[Reading] = unnumbered if unnumbered is not None else deque()
         self._boot = boot_id()
         self.mem: dict[Priority, Numbered] = {p: Numbered(p, self._boot) for p in BLOCKS}
@@ -98,7 +99,8 @@ class Journal:
 
     def take(self, budgets: Mapping[Priority, Budget], limit: int) -> Taken | None:
         """Number up to ``limit`` waiting readings, within the reservation (full reject_new
-        classes refuse theirs first). Settle with ``keep`` or ``undo``."""
+        classes refuse theirs first). The numbers are only handed out by ``keep``, once the
+        readings are durable; until then nothing else may be numbered (see ``paused``)."""
         n = min(len(self.unnumbered), self.core.reserved_upto - self.counter, limit)
         if n <= 0:
             return None
@@ -106,10 +108,11 @@ class Journal:
         kept, rejected = self._reject_over_budget(waiting, budgets)
         first = self.counter + 1
         boot = self._register(kept, first)
-        self.counter += len(kept)
         return Taken(first, kept, waiting, rejected, boot)
 
     def keep(self, taken: Taken, *, in_memory: bool) -> None:
+        assert taken.first == self.counter + 1, "numbers kept out of order"
+        self.counter = taken.last
         for _ in taken.originals:
             self.unnumbered.popleft()
         if taken.boot is not None:
@@ -122,17 +125,12 @@ class Journal:
                 mem[r.priority].append(seq, r)
         self.core.last_seq = self.counter
 
-    def undo(self, taken: Taken) -> None:
-        """The numbers were not used (nothing of them left the store): hand them out again."""
-        assert self.counter == taken.last, "numbers undone out of order"
-        self.counter = taken.first - 1
-
     def stored(self, taken: Taken) -> list[StoredReading]:
         return [self.mem[r.priority].stored(seq, r) for seq, r in enumerate(taken.readings, taken.first)]
 
     def journal(self, budgets: Mapping[Priority, Budget], max_memory: int) -> Taken | None:
         """Number what waits and write it to the tail in one record; return what became sendable."""
-        if self.tail.broken:
+        if self.tail.broken or self.paused:
             return None
         taken = self.take(budgets, max_memory - self.in_memory())
         if taken is None:
@@ -143,8 +141,7 @@ class Journal:
             by_class.setdefault(r.priority, []).append((seq, r, r.boot_relative))
         segments = [(p, blocks.encode_rows(rows, self.core.series)) for p, rows in by_class.items()]
         if not self.tail.append(make_payload(segments, _head(series, {}))):
-            self.undo(taken)
-            return None
+            return None  # not numbered after all: nothing of them left the store
         if series:
             self._series_in_tail = series[-1][0]
         self.keep(taken, in_memory=True)
