@@ -201,9 +201,13 @@ async def serve(devices: int, mqtt: bool) -> None:
             tasks.append(asyncio.create_task(mqtt_receive(info["mqtt_port"], receiver, subscribed)))
             await asyncio.wait_for(subscribed.wait(), 10)
         print(json.dumps(info), flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()  # SIGTERM from the measuring side: the broker goes with us
         finally:
+            for task in tasks:
+                task.cancel()
             if broker is not None:
                 broker.terminate()
                 broker.wait(timeout=10)
