@@ -159,6 +159,25 @@ HEAD = 'manufacturer = "X"\nmodel = "Y"\nasset = { category = "test" }\n'
         ('protocol = "vaisala_pwd"\n[[points]]\nname = "a"\nfield = "colour"\nunit = "m"', "has no numeric field"),
         ('protocol = "ti_mmwave"\n[[points]]\nname = "a"\nfield = "range"\nunit = "m"\nfoo = 1', "points[0].foo"),
         ('protocol = "carrier_pigeon"', "bad.toml: protocol: Input should be 'modbus', 'vaisala_pwd'"),
+        (
+            'protocol = "modbus"\n[[points]]\nname = "a"\naddress = 0\nunit = "mm"\n'
+            '[[points]]\nname = "a"\naddress = 1\nunit = "mm"',
+            "point names must be unique",
+        ),
+        (
+            'protocol = "modbus"\n[[forbidden]]\nfirst = 2\nlast = 2\n'
+            '[[points]]\nname = "a"\naddress = 1\ntype = "uint32"\nunit = "mm"',
+            "holding 1..2 lies in a forbidden range",
+        ),
+        (
+            'protocol = "modbus"\n[[points]]\nname = "a"\naddress = 0\nunit = "%"\n'
+            "writable = true\nwrite_min = 10\nwrite_max = 5",
+            "points[0]: write_max must be >= write_min",
+        ),
+        (
+            'protocol = "modbus"\n[[points]]\nname = "a"\naddress = 0\nunit = "mm"\nunit_codes = { "1" = "mm" }',
+            "points[0]: unit_register and unit_codes go together",
+        ),
     ],
 )
 def test_bad_profiles_name_the_key_path(tmp_path: Path, body: str, expected: str) -> None:
