@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 from edgeagent.clock import kernel_synchronized, plausible
 from edgeagent.config import HttpUplinkConfig, ModbusTcpBus, MqttUplinkConfig, SiteConfig, load_config
 from edgeagent.errors import ConfigError
+from edgeagent.preflight import STORE_FILES
 from edgeagent.sync.senml import CONTENT_TYPE
 
 SERVICE_USER = "edgeagent"
@@ -477,7 +478,7 @@ def _check_existing_store(state_dir: Path, who: Identity, subject: str) -> list[
     if not who.may(st, os.W_OK | os.X_OK):
         return [_fail(subject, f"not writable for {who.name} ({_owner(st)})", f"chown -R {who.name}: {state_dir}")]
     checks = [_ok(subject, f"writable by {who.name}")]
-    for name in ("buffer.sqlite", "buffer.sqlite-wal", "buffer.sqlite-shm"):
+    for name in STORE_FILES:
         path = state_dir / name
         if path.exists() and not who.may(path.stat(), os.R_OK | os.W_OK):
             checks.append(

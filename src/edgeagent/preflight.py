@@ -29,8 +29,8 @@ from edgeagent.errors import ConfigError, ConfigProblem
 # A secret file is one short line; reading stops here (a token_file pointed at a log or /dev/zero).
 MAX_SECRET_BYTES = 64 * 1024
 BTHOME_KEY_BYTES = 16  # protocols.bthome.KEY_BYTES, not imported here: that pulls in the AES code
-# The buffer's file and its WAL companions in state_dir (agent.STORE_FILE).
-STORE_FILES = ("buffer.sqlite", "buffer.sqlite-wal", "buffer.sqlite-shm")
+# The buffer's file and its companions (WAL, shared memory, the numbered tail) in state_dir.
+STORE_FILES = ("buffer.sqlite", "buffer.sqlite-wal", "buffer.sqlite-shm", "buffer.sqlite-tail")
 
 
 def check_site(site: SiteConfig) -> None:
