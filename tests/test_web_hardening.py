@@ -363,6 +363,11 @@ def test_which_host_headers_are_allowed(host: str, allowed: bool) -> None:
     assert host_allowed(host, frozenset({"gateway-17.roads.example"})) is allowed
 
 
+def test_with_no_allowed_hosts_only_addresses_and_localhost_are_answered() -> None:
+    assert host_allowed("192.0.2.7:8443", frozenset()) and host_allowed("localhost", frozenset())
+    assert not host_allowed("attacker.example", frozenset()), "no configured name must not mean every name"
+
+
 @pytest.mark.parametrize("bad", ["http://gateway.example", "gateway.example:8080", "gate way", "-gw.example", ""])
 def test_allowed_hosts_must_be_plain_host_names(bad: str) -> None:
     with pytest.raises(ValueError, match="allowed_hosts"):

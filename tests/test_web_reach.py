@@ -19,8 +19,10 @@ from edgeagent.errors import ConfigError
 from edgeagent.preflight import check_site
 from edgeagent.sim.ingest import IngestServer
 from edgeagent.sim.water_level import WaterLevelSimulator
+from edgeagent.web.auth import set_password
 from tests.helpers import API_AUTH, free_port, site_toml, wait_until
 from tests.test_pipeline import running_agent
+from tests.webclient import TEST_PASSWORD, post_login
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "page.md").read_text()
 
@@ -58,6 +60,13 @@ async def test_off_loopback_the_page_is_https_with_a_generated_certificate_docto
             async with http.get(f"https://127.0.0.1:{port}/login", ssl=False) as resp:
                 login = await resp.text()
                 hsts = resp.headers.get("Strict-Transport-Security")
+        # The session cookie a login sets over HTTPS never travels over plain HTTP.
+        set_password(tmp_path / "state" / "web-users", "tech", TEST_PASSWORD, "technician")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            logged = await post_login(browser, f"https://127.0.0.1:{port}/", "tech", TEST_PASSWORD)
+        assert logged.status == 303
+        cookie = next(h for h in logged.headers.getall("Set-Cookie") if h.startswith("edgeagent_session="))
+        assert "Secure" in cookie and "HttpOnly" in cookie, cookie
     digest = hashlib.sha256(der).hexdigest().upper()
     fingerprint = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
     assert status["gateway"]["tls_fingerprint"] == fingerprint
