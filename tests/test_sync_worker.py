@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from edgeagent.live import UplinkLive
-from edgeagent.model import Reading
-from edgeagent.store import DestinationFilter, Store
+from edgeagent.model import Priority, Reading
+from edgeagent.store import Budget, DestinationFilter, Store
 from edgeagent.sync.worker import SyncWorker
 from edgeagent.uplinks.http import HttpUplink
 from tests.helpers import wait_until
@@ -57,9 +57,11 @@ async def running(
     rejected_retry_s: float = 300.0,
     bandwidth_bytes_per_s: int | None = None,
     backlog: list[Reading] = (),  # type: ignore[assignment]
+    budgets: dict[Priority, Budget] | None = None,
 ) -> AsyncIterator[Running]:
     """A store holding ``backlog``, and a worker sending it to ``receiver``; stopped (and the store closed) after."""
-    async with Store(tmp_path / "b.sqlite", destinations={DEST: filt or DestinationFilter()}) as store:
+    destinations = {DEST: filt or DestinationFilter()}
+    async with Store(tmp_path / "b.sqlite", destinations=destinations, budgets=budgets) as store:
         for r in backlog:
             store.append(r)
         uplink = HttpUplink(http_cfg(receiver.url, timeout_s=2.0), GATEWAY)
@@ -167,3 +169,25 @@ async def test_a_batch_the_filter_leaves_empty_is_passed_over_and_the_next_is_se
         await wait_until(lambda: len(receiver.acknowledged()) >= 1, 5, "the one reading of wl-02")
     (request,) = receiver.requests
     assert request.seqs() == [6]
+
+
+async def test_a_held_batch_whose_readings_a_full_buffer_dropped_is_read_afresh_not_sent(tmp_path: Path) -> None:
+    receiver = Receiver(*[Answer(503)] * 100_000)
+    budgets = {p: Budget(4 * 1024, "drop_oldest") for p in Priority}
+    async with receiver, running(tmp_path, receiver, budgets=budgets, backlog=[reading(i) for i in range(50)]) as run:
+        await wait_until(lambda: len(receiver.requests) >= 1, 5, "the first batch held for a retry")
+        run.append(*(reading(i) for i in range(50, 20_050)))  # an outage's worth: the budget drops the oldest
+        await run.store.flush()
+        stats = await run.store.stats()
+        dropped = stats.dropped["telemetry"]["drop_oldest"]
+        assert dropped >= 50, "the held batch's readings are among those dropped"
+        kept = run.store.last_seq - dropped
+        receiver.answers.clear()  # the receiver is back
+
+        def too_many() -> str | None:
+            n = len(delivered(receiver))
+            return f"{n} readings delivered, {dropped} of {run.store.last_seq} were dropped" if n > kept else None
+
+        await wait_until(lambda: len(delivered(receiver)) == kept, 20, "every reading kept", fail_if=too_many)
+    got = delivered(receiver)
+    assert len(set(got)) == len(got) and got[0] == dropped + 1, "exactly what was kept, from the oldest kept"
