@@ -127,3 +127,15 @@ def test_a_pack_decodes_to_absolute_names_times_and_its_buffer() -> None:
         "bid": "3f9c0e7a5b2d4c18",
     }
     assert second["t"] == 1_767_225_601.0 and second["q"] == "missing" and "v" not in second
+
+
+def test_every_record_decodes_with_its_packs_buffer_and_a_record_without_wall_time_to_no_time() -> None:
+    part = Numbered(Priority.TELEMETRY, BOOT)
+    part.append(7, Reading("wl-01", "water_level", 1_767_225_600.5, 41.5, "mm"))
+    part.append(8, Reading("wl-01", "water_level", 1_767_225_601.0, 42.0, "mm"))
+    first, second = decode(encode("gw-0042", part, "3f9c0e7a5b2d4c18"))
+    assert first["bid"] == second["bid"] == "3f9c0e7a5b2d4c18", "a receiver keys every record on its buffer"
+    booted = Numbered(Priority.TELEMETRY, BOOT)
+    booted.append(9, Reading("wl-01", "water_level", 812.25, 40.0, "mm", boot_relative=True))
+    (record,) = decode(encode("gw-0042", booted, "3f9c0e7a5b2d4c18"))
+    assert record["t"] is None and record["tq"] == "boot" and record["up"] == 812.25, "never a made-up time"
