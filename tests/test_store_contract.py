@@ -8,13 +8,15 @@ poll; what a full class gives up is counted as dropped only if someone still lac
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
 
 from edgeagent.aio import wait_event
+from edgeagent.config import DEFAULT_BUDGETS as CONFIG_DEFAULT_BUDGETS
 from edgeagent.model import Priority, Reading
-from edgeagent.store import Budget, DestinationFilter, Store
+from edgeagent.store import DEFAULT_BUDGETS, Budget, DestinationFilter, Store
 from tests.helpers import wait_until
 
 KIB = 1024
@@ -179,3 +181,33 @@ async def test_what_a_full_class_gives_up_counts_as_dropped_only_if_a_destinatio
     assert set(dropped) == {"telemetry"} and dropped["telemetry"]["drop_oldest"] % 1000 == 600, dropped
     async with Store(path, destinations=["up"], budgets=budgets) as store:
         assert (await store.stats()).dropped == dropped, "drop counts survive a restart"
+
+
+def test_the_buffers_own_default_budgets_are_the_documented_ones() -> None:
+    """A store opened without budgets (a salvage buffer, a tool) holds alarms as the config's defaults say."""
+    for name, budget in CONFIG_DEFAULT_BUDGETS.items():
+        expected = Budget(budget.max_bytes, budget.policy, budget.thin_keep_every)
+        assert DEFAULT_BUDGETS[Priority[name.upper()]] == expected, name
+    assert DEFAULT_BUDGETS[Priority.ALARM].policy == "reject_new"
+
+
+async def test_a_reject_new_class_counts_the_readings_waiting_in_memory_and_takes_not_one_more(tmp_path: Path) -> None:
+    budgets = {**DEFAULT_BUDGETS, Priority.TELEMETRY: Budget(1024, "reject_new")}
+    # Nothing is committed during the test: the readings numbered stay in memory.
+    async with Store(
+        tmp_path / "b.sqlite",
+        destinations=["up"],
+        budgets=budgets,
+        commit_interval_ms=60_000,
+        commit_max_readings=10_000,
+    ) as store:
+        i = 0
+        for burst in (200, 57, 10):
+            for _ in range(burst):
+                store.append(reading(i))
+                i += 1
+            await asyncio.sleep(0)  # a step of the loop: the burst is numbered (or refused) as one
+        stats = await store.stats()
+    # About 4 bytes a reading before any block measures them: 256 fit in 1 KiB, whichever step they came in.
+    assert stats.last_seq == 256
+    assert stats.dropped == {"telemetry": {"rejected_full": 11}}
