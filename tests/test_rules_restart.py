@@ -24,9 +24,9 @@ from tests.rulesite import alarm_records, simulators, site_data, to_toml
 pytestmark = pytest.mark.timeout(240)
 
 # The issue states for_s = 60 with the kill 40 s in; the default keeps those proportions at
-# half the time (for_s 30, kill at 20 s, the raise due 10 s after the kill).
-# EDGEAGENT_TEST_FOR_S=60 runs it as stated.
-FOR_S = float(os.environ.get("EDGEAGENT_TEST_FOR_S", "30"))
+# 0.3 of the time (for_s 18, kill at 12 s, the raise due 6 s after the kill: still ample for
+# a restart on a loaded machine). EDGEAGENT_TEST_FOR_S=60 runs it as stated.
+FOR_S = float(os.environ.get("EDGEAGENT_TEST_FOR_S", "18"))
 
 RESTART_RULES = f"""
 [[rules]]
