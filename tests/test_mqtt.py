@@ -429,6 +429,18 @@ async def test_sending_resumes_as_soon_as_the_broker_is_back(tmp_path: Path) -> 
     assert uplink.state is LinkState.CLOSED
 
 
+async def test_after_a_good_connection_a_lost_link_is_retried_from_the_shortest_delay_again(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker")  # not started yet: every attempt is refused
+    async with started(uplink_cfg(broker.port, retry_max_ms=2000)) as uplink:
+        await wait_until(lambda: uplink.failed_attempts >= 4, 10, "four refused connections")
+        async with broker:
+            await asyncio.wait_for(uplink.link_up(), 10)
+            # Else the next loss would wait up to retry_max before its first retry, and every one after.
+            assert uplink.failed_attempts == 0, "the delays start again from retry_min"
+        await wait_until(lambda: uplink.failed_attempts >= 1, 10, "the broker gone: a refused reconnect")
+        assert uplink.state is not LinkState.CONNECTED
+
+
 async def test_status_is_retained_online_and_offline_after_close(broker: Mosquitto) -> None:
     async with started(uplink_cfg(broker.port)) as uplink:
         await asyncio.wait_for(uplink.link_up(), 5)

@@ -267,6 +267,12 @@ class MqttUplink:
         self._task: asyncio.Task[None] | None = None
         self._reported: str | None = None
         self._rng = random.Random()
+        self._backoff: Backoff | None = None
+
+    @property
+    def failed_attempts(self) -> int:
+        """Connection attempts failed in a row since the last good connection: the retry delay grows from it."""
+        return self._backoff.failures if self._backoff is not None else 0
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -336,7 +342,7 @@ class MqttUplink:
     async def _run(self) -> None:
         stop = self._stop
         assert stop is not None
-        backoff = Backoff(self.cfg.retry_min_ms / 1000, self.cfg.retry_max_ms / 1000)
+        backoff = self._backoff = Backoff(self.cfg.retry_min_ms / 1000, self.cfg.retry_max_ms / 1000)
         delay = 0.0
         try:
             while True:
