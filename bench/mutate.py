@@ -25,6 +25,7 @@ Run (from the repository, with the test environment's python):
     .venv-test/bin/python bench/mutate.py --tests-rev REV # the code at HEAD, the tests as of REV
     .venv-test/bin/python bench/mutate.py --worktree --only ID --tests TEST  # does TEST kill mutant ID?
     .venv-test/bin/python bench/mutate.py --json out.json # save every outcome; --report out.json prints it again
+    .venv-test/bin/python bench/mutate.py --matrix ids.txt # which mutants each listed test kills (no -x)
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Outcome:
     seconds: float = 0.0
     by: str = ""  # the first failing test, or why it could not run
     module: str = ""
+    failed: list[str] = dataclasses.field(default_factory=list)  # every failing test (--matrix)
 
     def __post_init__(self) -> None:
         self.module = self.module or self.mutant.module
@@ -218,7 +220,9 @@ class Run:
     output: str
 
 
-def run_tests(copy: Path, python: str, tests: Sequence[str], *, test_timeout_s: float, limit_s: float) -> Run:
+def run_tests(
+    copy: Path, python: str, tests: Sequence[str], *, test_timeout_s: float, limit_s: float, first_only: bool = True
+) -> Run:
     cmd = [
         "nice",
         "-n",
@@ -226,7 +230,7 @@ def run_tests(copy: Path, python: str, tests: Sequence[str], *, test_timeout_s: 
         python,
         "-m",
         "pytest",
-        "-x",
+        *(["-x"] if first_only else []),
         "-q",
         "-p",
         "no:cacheprovider",
@@ -289,6 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--tests", nargs="+", help="run these tests instead of each mutant's own (to show what one test kills)"
     )
+    ap.add_argument(
+        "--matrix",
+        type=Path,
+        help="a file of test ids: run each mutant against those of them among its tests, all of them "
+        "(no -x), and print which mutants each test kills",
+    )
     ap.add_argument("--keep", type=Path, help="make the copy here (must not exist) and keep it")
     ap.add_argument("--json", type=Path, help="write every outcome here")
     ap.add_argument("--check", action="store_true", help="only say which mutants no longer apply")
@@ -305,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tests:
         for m in mutants:
             m.tests = list(args.tests)
+    if args.matrix:
+        wanted = [line.strip() for line in args.matrix.read_text().splitlines() if line.strip()]
+        for m in mutants:
+            m.tests = [t for t in wanted if any(t == c or t.startswith(c.rstrip("/") + "::") for c in m.tests)]
+        mutants = [m for m in mutants if m.tests]
     if args.list:
         for m in mutants:
             print(f"{m.id:42} {m.file}\n    {m.bug}\n    tests: {' '.join(m.tests)}")
@@ -382,21 +397,39 @@ def _run_all(args: argparse.Namespace, mutants: list[Mutant], copy: Path) -> int
         path.write_text(text)
         try:
             run = run_tests(
-                copy, args.python, key, test_timeout_s=args.test_timeout, limit_s=max(120.0, 3 * base.seconds + 60)
+                copy,
+                args.python,
+                key,
+                test_timeout_s=args.test_timeout,
+                limit_s=max(120.0, 3 * base.seconds + 60),
+                first_only=args.matrix is None,
             )
         finally:
             path.write_text(originals[m.file])
         status, by = classify(run)
-        outcomes.append(Outcome(m, status, run.seconds, by))
+        outcomes.append(
+            Outcome(
+                m,
+                status,
+                run.seconds,
+                by,
+                failed=list(dict.fromkeys(f.split("[")[0] for f in FAILED_LINE.findall(run.output))),
+            )
+        )
         print(f"  {status:11} {m.id} ({run.seconds:.1f} s) {by}", flush=True)
 
     report(outcomes)
+    if args.matrix is not None:
+        print("\nwhich mutants each test kills:")
+        for test in dict.fromkeys(t for m in mutants for t in m.tests):
+            kills = [o.mutant.id for o in outcomes if test in o.failed]
+            print(f"  {test}: {', '.join(kills) if kills else 'none'}")
     if args.json is not None:
         args.json.write_text(
             json.dumps(
                 [
                     {"id": o.mutant.id, "module": o.module, "status": o.status, "seconds": round(o.seconds, 1)}
-                    | {"by": o.by, "bug": o.mutant.bug}
+                    | {"by": o.by, "bug": o.mutant.bug, "failed": o.failed}
                     for o in outcomes
                 ],
                 indent=1,
