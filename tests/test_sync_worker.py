@@ -21,7 +21,7 @@ from edgeagent.model import Priority, Reading
 from edgeagent.store import Budget, DestinationFilter, Store
 from edgeagent.sync.worker import SyncWorker
 from edgeagent.uplinks.http import HttpUplink
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.receiver import Answer, Receiver
 from tests.test_uplink_http import GATEWAY, http_cfg
 
@@ -58,13 +58,15 @@ async def running(
     bandwidth_bytes_per_s: int | None = None,
     backlog: list[Reading] = (),  # type: ignore[assignment]
     budgets: dict[Priority, Budget] | None = None,
+    url: str | None = None,
+    retry_s: tuple[float, float] = (0.05, 0.2),
 ) -> AsyncIterator[Running]:
     """A store holding ``backlog``, and a worker sending it to ``receiver``; stopped (and the store closed) after."""
     destinations = {DEST: filt or DestinationFilter()}
     async with Store(tmp_path / "b.sqlite", destinations=destinations, budgets=budgets) as store:
         for r in backlog:
             store.append(r)
-        uplink = HttpUplink(http_cfg(receiver.url, timeout_s=2.0), GATEWAY)
+        uplink = HttpUplink(http_cfg(url or receiver.url, timeout_s=2.0), GATEWAY)
         await uplink.start()
         live = UplinkLive(DEST, "http", uplink.target)
         worker = SyncWorker(
@@ -73,8 +75,8 @@ async def running(
             live,
             gateway_id=GATEWAY,
             batch_max_readings=batch_max_readings,
-            retry_min_s=0.05,
-            retry_max_s=0.2,
+            retry_min_s=retry_s[0],
+            retry_max_s=retry_s[1],
             rejected_retry_s=rejected_retry_s,
             bandwidth_bytes_per_s=bandwidth_bytes_per_s,
         )
@@ -100,6 +102,36 @@ async def test_a_retry_sends_the_very_same_batch_though_newer_readings_arrived_m
     assert first.body == second.body == third.body, "a retry resends the identical batch"
     assert third.seqs() == [1, 2, 3]
     assert (run.live.batches_sent, run.live.readings_sent) == (2, 8)
+
+
+async def test_a_delivery_starts_the_retry_delays_again_from_the_shortest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edgeagent.sync")
+    receiver = Receiver(*[Answer(503)] * 4)  # then every batch is taken
+    async with receiver, running(tmp_path, receiver, backlog=[reading(0)], retry_s=(0.05, 60.0)) as run:
+        await wait_until(lambda: delivered(receiver) == [1], 10, "reading 1, after four refusals")
+        # Else the next outage would start where this one ended (up to 0.8 s here, a minute
+        # on), however long the link has been fine since.
+        assert run.worker.failures_in_a_row == 0
+        receiver.answers.append(Answer(503))
+        run.append(reading(1))
+        await wait_until(lambda: delivered(receiver) == [1, 2], 10, "reading 2, after one refusal")
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert retries[-1].endswith("retrying in 0.0 s"), retries  # drawn below retry_min (0.05 s) again
+
+
+async def test_a_link_that_is_down_is_waited_for_on_its_probe_not_on_the_backoff_timer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edgeagent.sync")
+    receiver = Receiver(port=free_port())  # not listening yet: connections are refused
+    # A backoff of up to ten minutes: only the link probe can bring the readings through in time.
+    async with running(tmp_path, receiver, backlog=[reading(0)], retry_s=(600.0, 600.0)) as run:
+        await wait_until(lambda: run.live.failures >= 1, 10, "a refused connection")
+        async with receiver:
+            await wait_until(lambda: delivered(receiver) == [1], 15, "delivery as soon as the receiver listens")
+    assert any("sending resumes when the link is back" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_batch_the_receiver_never_acknowledged_is_still_unsent_when_the_worker_stops(tmp_path: Path) -> None:

@@ -68,6 +68,11 @@ class SyncWorker:
         self._last_send = 0.0
         self._last_full = False  # the last batch sent was as large as allowed
 
+    @property
+    def failures_in_a_row(self) -> int:
+        """Failed sends since the last delivery: the retry delay grows from it."""
+        return self._backoff.failures
+
     def stop(self) -> None:
         """Finish the batch in flight, then return from ``run``; stop hearing the store."""
         self._stopping.set()
