@@ -98,7 +98,6 @@ if [[ "$machine" == x86_64 ]]; then
     platforms+=(--platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 fi
 target=(--only-binary=:all: --python-version "$target_python" --implementation cp --abi "$target_abi" "${platforms[@]}")
-extra_depends=()
 
 has_binary_wheel() { # NAME: does PyPI (or the cache) have a wheel of it for the target?
     "${pip[@]}" download --no-deps --dest "$work/probe" --constraint "$constraints" "${target[@]}" "$1" >/dev/null 2>&1
@@ -110,7 +109,7 @@ has_binary_wheel() { # NAME: does PyPI (or the cache) have a wheel of it for the
 #    so the wheel is tagged py3-none-any (after checking it holds no compiled file).
 #  - cffi (cryptography's runtime) has no armv7l wheel of any version and no pure form.
 #    It is compiled from its sdist inside an emulated Debian of the target release
-#    (mmdebstrap + qemu-user), against that release's libffi, which becomes a dependency.
+#    (mmdebstrap + qemu-user), against that release's libffi (a dependency, found below).
 #    The wheel is cached in $build_cache, keyed by release, architecture and version.
 build_cache="${EDGEAGENT_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgeagent-build}"
 mkdir -p "$work/local"
@@ -121,7 +120,9 @@ pure_wheel() { # NAME ENV=VALUE
     env "$switch" "${pip[@]}" wheel --no-deps --no-binary "$name" --constraint "$constraints" \
         --wheel-dir "$work/pure" "$name"
     built=("$work"/pure/"${name//-/_}"-*.whl)
-    if unzip -Z1 "${built[0]}" | grep -q -E '\.(so|pyd|c)$'; then
+    local compiled='import re, sys, zipfile
+sys.exit(not any(re.search(r"\.(so|pyd|c)$", n) for n in zipfile.ZipFile(sys.argv[1]).namelist()))'
+    if "$python" -c "$compiled" "${built[0]}"; then
         echo "build-deb.sh: $name built with $switch still holds compiled code" >&2
         exit 1
     fi
@@ -132,8 +133,8 @@ pure_wheel() { # NAME ENV=VALUE
     echo "build-deb.sh: $name: no $machine wheel on PyPI; built pure-Python from its sdist ($switch)" >&2
 }
 
-native_wheel() { # NAME BUILD_DEPENDS RUNTIME_DEPENDS
-    local name="$1" build_depends="$2" runtime_depends="$3" sdist cached
+native_wheel() { # NAME BUILD_DEPENDS
+    local name="$1" build_depends="$2" sdist cached
     mkdir -p "$work/sdist/$name"
     "${pip[@]}" download --no-deps --no-binary=:all: --constraint "$constraints" --dest "$work/sdist/$name" "$name"
     sdist="$(cd "$work/sdist/$name" && ls)"
@@ -163,11 +164,10 @@ with tarfile.open(sys.argv[1]) as t:
         rm -rf "$cached" && mv "$cached.partial" "$cached"
     fi
     cp "$cached"/*.whl "$work/local/"
-    extra_depends+=("$runtime_depends")
 }
 
 if ! has_binary_wheel dbus-fast; then pure_wheel dbus-fast SKIP_CYTHON=1; fi
-if ! has_binary_wheel cffi; then native_wheel cffi libffi-dev,pkg-config libffi8; fi
+if ! has_binary_wheel cffi; then native_wheel cffi libffi-dev,pkg-config; fi
 
 "${pip[@]}" download --dest "$wheels" --constraint "$constraints" --find-links "$work/local" "${target[@]}" \
     "${app_wheel[@]}"
@@ -212,8 +212,9 @@ chmod -R u+rwX,go+rX,go-w "$stage"
 (cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) \
     >"$stage/DEBIAN/md5sums"
 installed_kb="$(du -sk --exclude=DEBIAN "$stage" | cut -f1)"
-depends="$python_depends"
-for extra in "${extra_depends[@]}"; do depends+=", $extra"; done
+# The system libraries the wheels' compiled code links (libstdc++6 for frozenlist, libffi8
+# for a cffi built here, glibc as new as the newest manylinux tag), read from the ELF files.
+depends="$python_depends, $("$python" "$here/shlibs.py" "$wheels")"
 sed -e "s/@DEB_VERSION@/$deb_version/" -e "s/@ARCH@/$arch/" -e "s/@INSTALLED_SIZE@/$installed_kb/" \
     -e "s/@PYTHON_DEPENDS@/$depends/" "$here/debian/control.in" >"$stage/DEBIAN/control"
 chmod 0644 "$stage/DEBIAN/control" "$stage/DEBIAN/md5sums"
