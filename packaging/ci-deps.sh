@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install, as root, the Debian packages that packaging/build-deb.sh and the real systemd
-# test (tests/systemd/) need. Idempotent and quiet: installs only what is missing.
+# Install, as root, the Debian packages that packaging/build-deb.sh, lintian, the real systemd
+# test and the foreign-architecture test (tests/systemd/) need. Idempotent and quiet: installs
+# only what is missing. (The foreign-architecture test mounts binfmt_misc and enables the
+# qemu interpreter itself when they are not.)
 set -euo pipefail
 
 packages=(
@@ -10,6 +12,11 @@ packages=(
     systemd                # systemd-analyze verify / security
     util-linux             # nsenter, setpriv
     dpkg                   # dpkg-deb
+    mmdebstrap             # the foreign-architecture trees; armhf builds compile cffi in one
+    arch-test              # mmdebstrap checks that a foreign architecture can run
+    qemu-user-static       # runs arm64/armhf binaries (binfmt_misc, fixed interpreter)
+    binfmt-support         # update-binfmts registers qemu-user-static's interpreters
+    lintian                # packaging/matrix.py reports its errors, warnings and overrides
 )
 
 if [[ $EUID -ne 0 ]]; then

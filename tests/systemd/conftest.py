@@ -9,6 +9,9 @@ FIGURES_KEY = pytest.StashKey[list[str]]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "systemd: runs the .deb under a real systemd (root, debootstrap, nspawn)")
+    config.addinivalue_line(
+        "markers", "foreign_arch: installs and runs the .deb in a Debian of another architecture or release (qemu-user)"
+    )
     config.stash[FIGURES_KEY] = []
 
 
