@@ -247,6 +247,18 @@ def test_dpkg_installs_it_with_only_its_depends(installed: Installed) -> None:
     assert installed.tree.run("getent", "passwd", "edgeagent").returncode == 0
 
 
+def test_lintian_finds_nothing_unexplained(installed: Installed, figures: list[str]) -> None:
+    """No error or warning (pedantic, experimental and info shown); each override carries its reason."""
+    if not shutil.which("lintian"):
+        _unavailable("missing lintian; install with: packaging/ci-deps.sh")
+    flags = ["--pedantic", "--display-experimental", "--display-info", "--show-overrides"]
+    done = subprocess.run(["lintian", *flags, str(installed.deb)], capture_output=True, text=True, timeout=600)
+    hints = done.stdout.splitlines()
+    assert [line for line in hints if line.startswith(("E: ", "W: "))] == [], done.stdout
+    overridden = sorted({line.split()[2] for line in hints if line.startswith("O: ")})
+    figures.append(f"lintian on the {DIST}/{ARCH} package: 0 errors, 0 warnings, overridden: {', '.join(overridden)}")
+
+
 # Every compiled module of every bundled wheel loads on the target: right machine, ABI and glibc.
 IMPORT_ALL = """
 import importlib, json, pathlib, sys, sysconfig
