@@ -6,6 +6,7 @@ about a byte, so a class fills up only at a few KiB.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -178,3 +179,28 @@ async def test_disk_full_keeps_running_and_recovers_by_itself(tmp_path: Path) ->
         assert [r.value for r in kept] == [0.0] + [round(i * 0.1, 1) for i in range(20_001, 30_001)]
     finally:
         await store.close()
+
+
+def _reading_at(i: int) -> Reading:
+    return Reading("dev", "t", 1_800_000_000 + i / 10, round(i * 0.37 % 97, 2), "mm", priority=Priority.TELEMETRY)
+
+
+async def test_a_full_class_frees_room_for_several_commits_not_a_little_at_every_one(tmp_path: Path) -> None:
+    """Each deletion rewrites pages on the SD card: a full class gives up a slack beyond what a commit needs."""
+    budgets = {p: Budget(64 * KIB, "reject_new" if p is Priority.ALARM else "drop_oldest") for p in Priority}
+    dropped_so_far: list[int] = []
+    async with Store(tmp_path / "b.sqlite", destinations=["up"], budgets=budgets, commit_max_readings=200) as store:
+        i = 0
+        for _ in range(220):  # 44,000 readings in commits of 200, through a budget that holds about 33,000
+            for _ in range(200):
+                i += 1
+                store.append(_reading_at(i))
+            await store.flush()
+            dropped_so_far.append((await store.stats()).dropped.get("telemetry", {}).get("drop_oldest", 0))
+        kept = len(await store.all_readings())
+    per_commit = [b - a for a, b in itertools.pairwise(dropped_so_far)]
+    once_full = per_commit[next(k for k, n in enumerate(per_commit) if n) :]
+    assert len(once_full) >= 20, "the class filled up early enough to watch it"
+    giving_up = [n for n in once_full if n]
+    assert len(giving_up) <= len(once_full) / 2, f"{len(giving_up)} of {len(once_full)} commits deleted readings"
+    assert dropped_so_far[-1] == i - kept, "every reading given up is counted, and only those"

@@ -180,3 +180,43 @@ async def test_numbers_are_handed_out_only_when_their_readings_are_durable(tmp_p
         journal.tail.broken = "closed"
         await store.flush()
         assert store.last_seq == 10
+
+
+async def test_with_the_tail_refused_a_kill_forgets_neither_acknowledgements_nor_numbers(tmp_path: Path) -> None:
+    """A full disk refuses the tail: then the file alone must remember what was delivered and numbered."""
+    live = tmp_path / "live" / "buffer.sqlite"
+    store = Store(live, destinations=["up"], commit_interval_ms=60_000)
+    await store.open()
+    try:
+        for i in range(10):
+            store.append(_r(i))
+        await store.flush()
+        # The disk refuses the tail from here on: nothing more is appended, and no new tail can
+        # be made (the name it is built under is taken), while SQLite still has free pages.
+        tail_path(live).with_name(tail_path(live).name + ".new").mkdir()
+        store._journal.tail.close()
+        for i in range(10, 20):
+            store.append(_r(i))
+        await store.flush()
+        batch = await store.next_batch("up", 100)
+        assert batch is not None and [r.seq for r in batch.readings] == list(range(1, 21))
+        await store.ack(batch)
+        store.append(_r(20))
+        await store.flush()  # the next commit carries the acknowledgement
+        assert store._journal.tail.broken is not None, "the tail is still refused"
+        shutil.copytree(live.parent, tmp_path / "killed-after-ack")
+        batch = await store.next_batch("up", 100)
+        assert batch is not None and [r.seq for r in batch.readings] == [21]
+        await store.ack(batch)
+        assert await store.prune() == 21, "every reading delivered: the file holds none"
+        shutil.copytree(live.parent, tmp_path / "killed-after-prune")
+    finally:
+        await store.close()
+
+    async with Store(tmp_path / "killed-after-ack" / "buffer.sqlite", destinations=["up"]) as again:
+        batch = await again.next_batch("up", 100)
+    assert batch is not None and [r.seq for r in batch.readings] == [21], "what was delivered is not sent again"
+    async with Store(tmp_path / "killed-after-prune" / "buffer.sqlite", destinations=["up"]) as again:
+        again.append(_r(21))
+        await again.flush()
+        assert again.last_seq > 21, "numbers go on above every one given, though no row holds them"
