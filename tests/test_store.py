@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import stat
 from pathlib import Path
@@ -125,6 +126,28 @@ async def test_corrupt_file_is_moved_aside_and_a_fresh_store_opens(tmp_path: Pat
         assert store.last_seq == 2001
     aside = Path(store.moved_aside)
     assert aside.exists() and aside.read_bytes() == bytes(data)
+
+
+async def test_a_damaged_page_no_start_up_read_touches_is_found_at_open_not_at_the_first_send(
+    tmp_path: Path,
+) -> None:
+    """A block's overflow page holds only readings waiting to be sent: opening never reads it, the check does."""
+    path = tmp_path / "b.sqlite"
+    rng = random.Random(3)
+    async with Store(path, destinations=["up"], commit_max_readings=5000) as store:
+        for i in range(5000):  # values that do not compress: one block spilling over several pages
+            store.append(Reading("wl-01", "water_level", 1_800_000_000 + i * 0.1, rng.uniform(0, 1000), "mm"))
+        await store.flush()
+    with sqlite3.connect(path) as conn:
+        overflow = [n for (n,) in conn.execute("SELECT pageno FROM dbstat WHERE pagetype = 'overflow' ORDER BY 1")]
+    assert len(overflow) >= 3
+    data = bytearray(path.read_bytes())
+    page = overflow[len(overflow) // 2] - 1
+    data[page * 4096 : (page + 1) * 4096] = b"\xa5" * 4096
+    path.write_bytes(bytes(data))
+    async with Store(path, destinations=["up"]) as store:
+        assert store.damage is not None and store.moved_aside is not None, "found before any use of the file"
+    assert Path(store.moved_aside).read_bytes() == bytes(data), "moved aside exactly as found"
 
 
 async def test_pending_readings_are_committed_on_close(tmp_path: Path) -> None:

@@ -214,9 +214,37 @@ async def test_with_the_tail_refused_a_kill_forgets_neither_acknowledgements_nor
         await store.close()
 
     async with Store(tmp_path / "killed-after-ack" / "buffer.sqlite", destinations=["up"]) as again:
+        again.append(_r(21))
+        await again.flush()
         batch = await again.next_batch("up", 100)
-    assert batch is not None and [r.seq for r in batch.readings] == [21], "what was delivered is not sent again"
+    # The tail knew numbers up to 10 only: those above it are in the file's blocks alone.
+    assert batch is not None and [r.seq for r in batch.readings] == [21, 22], (
+        "delivered ones not sent again, none renumbered"
+    )
     async with Store(tmp_path / "killed-after-prune" / "buffer.sqlite", destinations=["up"]) as again:
         again.append(_r(21))
         await again.flush()
         assert again.last_seq > 21, "numbers go on above every one given, though no row holds them"
+
+
+async def test_with_the_disk_refusing_everything_waiting_alarms_are_never_shed(tmp_path: Path) -> None:
+    """Memory is bounded while nothing can be written: the oldest telemetry goes, never an alarm."""
+    path = tmp_path / "b.sqlite"
+    async with Store(path, destinations=["up"], commit_interval_ms=60_000, max_pending_readings=10) as store:
+        store.append(_r(0))
+        await store.flush()
+        pages = store._core.conn.execute("PRAGMA page_count").fetchone()[0]  # type: ignore[union-attr]
+        await store._run(store._core.conn.execute, f"PRAGMA max_page_count = {pages}")  # type: ignore[union-attr]
+        tail_path(path).with_name(tail_path(path).name + ".new").mkdir()
+        store._journal.tail.close()
+        store.append(_r(1, Priority.ALARM))  # the oldest waiting reading of all
+        for i in range(2, 32):
+            store.append(_r(i))
+            await asyncio.sleep(0)
+        stats = await store.stats()
+        await store._run(store._core.conn.execute, "PRAGMA max_page_count = 1073741823")  # type: ignore[union-attr]
+        await store.flush()
+        kept = await store.all_readings()
+    assert stats.dropped == {"telemetry": {"store_unavailable": 21}}, "31 waited for room for 10"
+    assert [r.value for r in kept if r.priority is Priority.ALARM] == [_r(1).value], "the alarm was kept"
+    assert [r.value for r in kept if r.priority is Priority.TELEMETRY][-9:] == [_r(i).value for i in range(23, 32)]
