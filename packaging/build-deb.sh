@@ -151,7 +151,7 @@ with tarfile.open(sys.argv[1]) as t:
         for tool in mmdebstrap arch-test; do
             command -v "$tool" >/dev/null || { echo "build-deb.sh: $name for $arch needs $tool (packaging/ci-deps.sh)" >&2; exit 1; }
         done
-        echo "build-deb.sh: $name: no $machine wheel on PyPI; compiling $sdist in an emulated $dist/$arch (minutes)" >&2
+        echo "build-deb.sh: compiling $sdist in an emulated $dist/$arch (minutes)" >&2
         mkdir -p "$cached.partial"
         # shellcheck disable=SC2016 # $1 is mmdebstrap's root, expanded by the hook's shell
         mmdebstrap --quiet --variant=apt --arch="$arch" --aptopt='APT::Install-Recommends "false"' \
@@ -164,6 +164,7 @@ with tarfile.open(sys.argv[1]) as t:
         rm -rf "$cached" && mv "$cached.partial" "$cached"
     fi
     cp "$cached"/*.whl "$work/local/"
+    echo "build-deb.sh: $name: no $machine wheel on PyPI; compiled from its sdist in an emulated $dist/$arch" >&2
 }
 
 if ! has_binary_wheel dbus-fast; then pure_wheel dbus-fast SKIP_CYTHON=1; fi

@@ -82,7 +82,7 @@ def _arguments(parser: argparse.ArgumentParser) -> Iterator[str]:
 
 def _usage(parser: argparse.ArgumentParser) -> str:
     usage = " ".join(parser.format_usage().split()).removeprefix("usage: ")
-    return f".PP\n{literal(usage)}"
+    return f".PP\n.nh\n{literal(usage)}\n.hy"  # wrapped, never hyphenated: REGISTER, not REG-ISTER
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str) -> Iterator[str]:
