@@ -49,15 +49,14 @@ QEMU = {"arm64": "aarch64", "armhf": "arm", "amd64": "x86_64"}
 MACHINE = {"arm64": "aarch64", "armhf": "armv7l", "amd64": "x86_64"}
 PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 # Change this when the tree needs rebuilding for a reason the arguments do not show.
-RECIPE_VERSION = "v2"
+RECIPE_VERSION = "v3"
 # Every package is configured under emulation, so the tree takes minutes: no fsync per file
-# (a throwaway tree), and no CA bundle (python3-venv pulls in ca-certificates, whose rehash of
-# every certificate under qemu took ~45 s; nothing here goes out to the internet).
+# (a throwaway tree). The CA bundle stays, slow as its rehash under qemu is: trixie's pip,
+# which postinst runs, will not start without it.
 MMDEBSTRAP = [
     "--variant=essential",  # no apt: dpkg -i is the installer under test
     "--aptopt=APT::Install-Recommends false",
     "--dpkgopt=force-unsafe-io",
-    "--dpkgopt=path-exclude=/usr/share/ca-certificates/*",
 ]
 GUEST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root"]
 CONFIG = "/etc/edgeagent/edgeagent.toml"
@@ -113,6 +112,15 @@ def _depends(deb: Path) -> list[str]:
     return sorted(set(filter(None, names)))
 
 
+def _remove_tree(path: Path) -> None:
+    """Delete a tree, but never one with something mounted in it (that would reach the host's files)."""
+    inside = str(path.resolve()) + "/"
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    if busy := [m for m in mounts if m.startswith(inside)]:
+        pytest.fail(f"{path} has mounts in it ({', '.join(busy)}): unmount them, then delete it")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _ensure_rootfs(include: list[str], figures: list[str]) -> Path:
     """Build the cached tree once (under a lock); reuse it while the recipe is the same."""
     rootfs = CACHE / f"rootfs-{DIST}-{ARCH}"
@@ -125,19 +133,21 @@ def _ensure_rootfs(include: list[str], figures: list[str]) -> Path:
         if stamp.is_file() and stamp.read_text() == recipe:
             return rootfs
         partial = CACHE / f"{rootfs.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_tree(partial)
         started = time.monotonic()
         done = subprocess.run(
-            ["mmdebstrap", "--quiet", *args, str(partial), MIRROR],
+            # In a mount namespace of its own: what mmdebstrap mounts in the tree (/proc, /sys)
+            # goes away with it, even when it is killed, so no rmtree ever walks into a mount.
+            ["unshare", "--mount", "--propagation", "private", "mmdebstrap", "--quiet", *args, str(partial), MIRROR],
             capture_output=True,
             text=True,
             timeout=1500,
         )
         if done.returncode != 0:
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_tree(partial)
             pytest.fail(f"mmdebstrap {DIST} {ARCH} from {MIRROR} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         (partial / stamp.name).write_text(recipe)
-        shutil.rmtree(rootfs, ignore_errors=True)
+        _remove_tree(rootfs)
         partial.rename(rootfs)
         took_s = time.monotonic() - started
         figures.append(f"mmdebstrap {DIST}/{ARCH} tree built in {took_s:.0f} s (cached in {rootfs})")
@@ -225,7 +235,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory, figures: list[str]) -> I
         done = tree.run("dpkg", "-i", f"/root/{deb.name}", timeout_s=1200)
         assert done.returncode == 0, f"dpkg -i:\n{done.stdout}\n{done.stderr}"
         install_s = time.monotonic() - started
-        figures.append(f"dpkg -i on {DIST}/{ARCH} (venv built offline, under emulation): {install_s:.0f} s")
+        how = "native" if _host_arch() == ARCH else "under qemu-user"
+        figures.append(f"dpkg -i on {DIST}/{ARCH} (venv built offline, {how}): {install_s:.0f} s")
         yield Installed(tree, deb, install_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
