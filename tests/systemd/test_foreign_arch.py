@@ -16,6 +16,8 @@ namespace of its own (``unshare``) for each command: nothing stays mounted, even
 test is killed. Needs root, mmdebstrap, arch-test, qemu-user-static and binfmt-support
 (``packaging/ci-deps.sh``) and a Debian mirror once; without them the tests skip with the
 reason, except under ``CI=true``, where they fail. ``packaging/matrix.py`` runs all six targets.
+In a whole test run these tests come last, and the package and the tree are built at a low
+priority in the background meanwhile (``start_prewarm``): a cold cache costs CI little time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -121,7 +125,7 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _ensure_rootfs(include: list[str], figures: list[str]) -> Path:
+def _ensure_rootfs(include: list[str], figures: list[str], *, nice: list[str] = ()) -> Path:  # type: ignore[assignment]
     """Build the cached tree once (under a lock); reuse it while the recipe is the same."""
     rootfs = CACHE / f"rootfs-{DIST}-{ARCH}"
     args = [*MMDEBSTRAP, f"--arch={ARCH}", f"--include={','.join(include)}", DIST]
@@ -138,7 +142,18 @@ def _ensure_rootfs(include: list[str], figures: list[str]) -> Path:
         done = subprocess.run(
             # In a mount namespace of its own: what mmdebstrap mounts in the tree (/proc, /sys)
             # goes away with it, even when it is killed, so no rmtree ever walks into a mount.
-            ["unshare", "--mount", "--propagation", "private", "mmdebstrap", "--quiet", *args, str(partial), MIRROR],
+            [
+                *nice,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "mmdebstrap",
+                "--quiet",
+                *args,
+                str(partial),
+                MIRROR,
+            ],
             capture_output=True,
             text=True,
             timeout=1500,
@@ -203,10 +218,10 @@ class Installed:
     install_s: float
 
 
-def _build_deb(out: Path) -> Path:
+def _build_deb(out: Path, *, nice: list[str] = ()) -> Path:  # type: ignore[assignment]
     """The package as a user builds it for this target, with this test's Python (the tested versions)."""
     done = subprocess.run(
-        [str(REPO / "packaging" / "build-deb.sh"), "--arch", ARCH, "--dist", DIST, "--out", str(out)],
+        [*nice, str(REPO / "packaging" / "build-deb.sh"), "--arch", ARCH, "--dist", DIST, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=1500,
@@ -216,10 +231,53 @@ def _build_deb(out: Path) -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
+_prewarm: threading.Thread | None = None
+_prewarmed: dict[str, str] = {}
+
+
+def start_prewarm(figures: list[str]) -> None:
+    """Build the package and its tree in the background while the rest of the suite runs.
+
+    From a cold cache (as in CI) the tree takes minutes under emulation, almost all of it
+    CPU in qemu; run at a low priority beside the suite's mostly waiting tests, it is ready
+    by the time these tests come last (``conftest.py`` orders them so). Any failure is left
+    for the test itself to meet again and report.
+    """
+    global _prewarm
+    if _prewarm is not None or os.environ.get("EDGEAGENT_TEST_DEB"):
+        return
+    try:
+        _require()
+    except (pytest.skip.Exception, pytest.fail.Exception):  # the test says why when it runs
+        return
+
+    def work() -> None:
+        try:
+            started = time.monotonic()
+            deb = _build_deb(Path(tempfile.mkdtemp(prefix="edgeagent-prewarm-")), nice=["nice", "-n", "10"])
+            _ensure_rootfs(_depends(deb), figures, nice=["nice", "-n", "10"])
+            _prewarmed["deb"] = str(deb)
+            figures.append(
+                f"package and {DIST}/{ARCH} tree ready in the background in {time.monotonic() - started:.0f} s"
+            )
+        except (
+            OSError,
+            subprocess.SubprocessError,
+            AssertionError,
+            pytest.fail.Exception,
+        ) as exc:  # the test meets it again
+            _prewarmed["error"] = repr(exc)[:300]
+
+    _prewarm = threading.Thread(target=work, name="foreign-arch-prewarm", daemon=True)
+    _prewarm.start()
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory, figures: list[str]) -> Iterator[Installed]:
     _require()
-    if prebuilt := os.environ.get("EDGEAGENT_TEST_DEB"):  # packaging/matrix.py builds it once, beforehand
+    if _prewarm is not None:
+        _prewarm.join()
+    if prebuilt := os.environ.get("EDGEAGENT_TEST_DEB") or _prewarmed.get("deb"):  # built beforehand
         deb = Path(prebuilt)
     else:
         started = time.monotonic()
