@@ -42,6 +42,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.systemd.prereq import require, unavailable
+
 pytestmark = [pytest.mark.foreign_arch, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,11 +73,7 @@ STOP_S = 60.0
 
 
 def _unavailable(reason: str) -> None:
-    """Skip with the reason shown; under CI a missing prerequisite is a failure."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the foreign-architecture test must run here)", pytrace=False)
-    print(f"SKIP foreign-architecture test: {reason}")
-    pytest.skip(reason)
+    unavailable("foreign-architecture test", reason)
 
 
 def _host_arch() -> str:
@@ -85,14 +83,11 @@ def _host_arch() -> str:
 def _require() -> None:
     if ARCH not in QEMU or DIST not in PYTHON:
         pytest.fail(f"EDGEAGENT_TEST_ARCH={ARCH!r} / EDGEAGENT_TEST_DIST={DIST!r}: not a built target")
-    if os.geteuid() != 0:
-        _unavailable("not root: mmdebstrap, chroot and the overlay mounts need root")
     tools = ["mmdebstrap", "unshare", "chroot", "dpkg-deb", "mount"]
     foreign = _host_arch() != ARCH
     if foreign:
         tools += ["arch-test", "update-binfmts", f"qemu-{QEMU[ARCH]}-static"]
-    if missing := [tool for tool in tools if not shutil.which(tool)]:
-        _unavailable(f"missing {', '.join(missing)}; install with: packaging/ci-deps.sh")
+    require("foreign-architecture test", tools, root_for="mmdebstrap, chroot and the overlay mounts")
     if foreign:
         _ensure_binfmt(QEMU[ARCH])
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.systemd.prereq import require, unavailable
+
 pytestmark = [pytest.mark.systemd, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,20 +59,9 @@ EXPOSURE_MAX = 2.0
 STOP_MAX_S = 5.0
 
 
-def _unavailable(reason: str) -> None:
-    """Skip with the reason shown; under CI a missing prerequisite is a failure."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the systemd tests must run here)", pytrace=False)
-    print(f"SKIP systemd tests: {reason}")
-    pytest.skip(reason)
-
-
 def _require_root_and_tools() -> None:
-    missing = [tool for tool in ("debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb") if not shutil.which(tool)]
-    if os.geteuid() != 0:
-        _unavailable("not root: systemd-nspawn and debootstrap need root")
-    if missing:
-        _unavailable(f"missing {', '.join(missing)}; install with: packaging/ci-deps.sh")
+    tools = ["debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb"]
+    require("systemd tests", tools, root_for="systemd-nspawn and debootstrap")
 
 
 def _debian_mirror() -> str:
@@ -263,7 +254,7 @@ def _exposure(output: str) -> float:
 def test_unit_file_verifies_and_scores_on_the_host(tmp_path: Path, figures: list[str]) -> None:
     """Quick, without root: verify prints nothing and the exposure is low, against this host's units."""
     if not shutil.which("systemd-analyze") or not Path("/lib/systemd/system/sysinit.target").exists():
-        _unavailable("no systemd-analyze or system units on this host; install: packaging/ci-deps.sh")
+        unavailable("systemd tests", "no systemd-analyze or system units on this host; install: packaging/ci-deps.sh")
     root = tmp_path / "root"
     shutil.copytree("/lib/systemd/system", root / "lib/systemd/system", symlinks=True)
     shutil.copy(REPO / "packaging" / "edgeagent.service", root / "lib/systemd/system" / UNIT)
