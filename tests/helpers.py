@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -150,3 +151,21 @@ async def wait_status(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}: {status['store']}")
         await asyncio.sleep(0.1)
+
+
+class _Uplink(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+U = TypeVar("U", bound=_Uplink)
+
+
+@contextlib.asynccontextmanager
+async def uplink_running(uplink: U) -> AsyncIterator[U]:
+    """An uplink started for a test and closed after it, whatever the test did."""
+    await uplink.start()
+    try:
+        yield uplink
+    finally:
+        await uplink.close()

@@ -31,7 +31,7 @@ from edgeagent.sim.water_level import WaterLevelSimulator
 from edgeagent.store import Batch
 from edgeagent.sync.senml import decode, encode_gzip
 from edgeagent.uplinks.mqtt import LinkState, MqttUplink
-from tests.helpers import site_toml, wait_until
+from tests.helpers import site_toml, uplink_running, wait_until
 from tests.mosquitto import Mosquitto, make_pki
 
 GATEWAY = "gw-test"
@@ -249,14 +249,8 @@ def a_batch(first: int, n: int = 5) -> tuple[Batch, bytes]:
     return Batch(UPLINK, Priority.TELEMETRY, readings, readings[-1].seq), encode_gzip(GATEWAY, readings)
 
 
-@contextlib.asynccontextmanager
-async def started(cfg: MqttUplinkConfig) -> AsyncIterator[MqttUplink]:
-    uplink = MqttUplink(cfg, GATEWAY)
-    await uplink.start()
-    try:
-        yield uplink
-    finally:
-        await uplink.close()
+def started(cfg: MqttUplinkConfig) -> contextlib.AbstractAsyncContextManager[MqttUplink]:
+    return uplink_running(MqttUplink(cfg, GATEWAY))
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from edgeagent.store import Batch
 from edgeagent.store.numbered import Numbered
 from edgeagent.sync.senml import encode_gzip
 from edgeagent.uplinks.http import HttpUplink, redact_url
-from tests.helpers import free_port
+from tests.helpers import free_port, uplink_running
 from tests.receiver import Answer, Receiver
 
 GATEWAY = "gw-test"
@@ -41,14 +40,8 @@ def filtered_batch() -> tuple[Batch, bytes]:
     return batch, encode_gzip(GATEWAY, part, BUFFER)
 
 
-@contextlib.asynccontextmanager
-async def started(cfg: HttpUplinkConfig) -> AsyncIterator[HttpUplink]:
-    uplink = HttpUplink(cfg, GATEWAY)
-    await uplink.start()
-    try:
-        yield uplink
-    finally:
-        await uplink.close()
+def started(cfg: HttpUplinkConfig) -> contextlib.AbstractAsyncContextManager[HttpUplink]:
+    return uplink_running(HttpUplink(cfg, GATEWAY))
 
 
 async def test_only_a_2xx_acknowledges_5xx_408_429_are_retried_and_any_other_answer_refuses() -> None:
