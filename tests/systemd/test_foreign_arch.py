@@ -293,6 +293,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory, figures: list[str]) -> I
         yield Installed(tree, deb, install_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if "deb" in _prewarmed:  # the background build's own folder (outside pytest's tmp)
+            shutil.rmtree(Path(_prewarmed["deb"]).parent, ignore_errors=True)
 
 
 def test_dpkg_installs_it_with_only_its_depends(installed: Installed) -> None:
