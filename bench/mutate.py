@@ -312,14 +312,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     mutants = load_catalogue(args.catalogue)
     if args.only:
         mutants = [m for m in mutants if any(m.id.startswith(p) or fnmatch.fnmatchcase(m.id, p) for p in args.only)]
+        if not mutants:
+            raise SystemExit(f"no mutant id in {args.catalogue.name} starts with or matches {', '.join(args.only)}")
     if args.tests:
         for m in mutants:
             m.tests = list(args.tests)
     if args.matrix:
-        wanted = [line.strip() for line in args.matrix.read_text().splitlines() if line.strip()]
+        try:
+            wanted = [line.strip() for line in args.matrix.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise SystemExit(f"--matrix: cannot read the list of test ids: {exc}") from None
         for m in mutants:
             m.tests = [t for t in wanted if any(t == c or t.startswith(c.rstrip("/") + "::") for c in m.tests)]
         mutants = [m for m in mutants if m.tests]
+        if not mutants:
+            raise SystemExit(f"--matrix: no test in {args.matrix} covers a mutant (ids as tests/FILE.py::NAME)")
     if args.list:
         for m in mutants:
             print(f"{m.id:42} {m.file}\n    {m.bug}\n    tests: {' '.join(m.tests)}")

@@ -21,6 +21,11 @@ dist=bookworm
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+    --arch | --dist | --revision | --out)
+        if [[ $# -lt 2 || -z "$2" || "$2" == --* ]]; then
+            echo "build-deb.sh: $1 needs a value" >&2
+            exit 2
+        fi ;;&
     --arch) arch="$2"; shift 2 ;;
     --dist) dist="$2"; shift 2 ;;
     --revision) revision="$2"; shift 2 ;;
